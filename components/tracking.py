@@ -1,0 +1,209 @@
+"""MLflow conventions in one place (see DESIGN.md).
+
+- One experiment (``common.experiment``); the flow opens a parent run and hands its id to the
+  stage processes in ``RLHF_PARENT_RUN_ID``; each stage is a nested run named after it.
+- Metrics are named ``<stage>/<name>``; params are the dotted keys of params.yaml.
+- Every run is tagged with the git commit, the data version (the md5 in data.dvc) and a hash
+  of the stage's params section.
+- A model version is registered only after its stage wrote complete files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.config import ROOT, Config
+
+PARENT_RUN_ENV = "RLHF_PARENT_RUN_ID"
+
+# Offline, quiet defaults the project sets for itself (the user's values win).
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_EVALUATE_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+}
+
+
+def set_offline_env() -> None:
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def tracking_uri(cfg: Config) -> str:
+    """``common.tracking_uri``, else $MLFLOW_TRACKING_URI, else the project's sqlite store."""
+    return cfg.common.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    """HEAD's sha, suffixed ``-dirty`` when tracked files differ; 'unknown' outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def data_version(root: Path = ROOT) -> str:
+    """The md5 of ``data/`` recorded in data.dvc (the data version every run is tagged with)."""
+    dvc_file = root / "data.dvc"
+    if not dvc_file.exists():
+        return "untracked"
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+    return str(outs[0].get("md5", "unknown"))
+
+
+def lineage_tags(cfg: Config, stage: str) -> dict[str, str]:
+    return {
+        "stage": stage,
+        "git_commit": git_commit(),
+        "data_version": data_version(),
+        "params_hash": cfg.section_hash(stage) if stage in cfg.to_dict() else cfg.section_hash("common"),
+        "profile": cfg.common.profile,
+    }
+
+
+def setup(cfg: Config):
+    """Point MLflow at the project's store and experiment; returns the mlflow module."""
+    set_offline_env()
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    if mlflow.get_experiment_by_name(cfg.common.experiment) is None:
+        # Artifacts next to the store (not in whatever the working directory is).
+        location = None
+        if tracking_uri(cfg).startswith("sqlite:///"):
+            location = (Path(tracking_uri(cfg)[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        try:
+            mlflow.create_experiment(cfg.common.experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            if mlflow.get_experiment_by_name(cfg.common.experiment) is None:  # not a create race
+                raise
+    mlflow.set_experiment(cfg.common.experiment)
+    return mlflow
+
+
+@contextlib.contextmanager
+def stage_run(cfg: Config, stage: str) -> Iterator[Any]:
+    """A (nested, when the flow gave a parent) MLflow run for one stage, params and tags logged.
+
+    On an exception the run ends FAILED and the exception propagates.
+    """
+    mlflow = setup(cfg)
+    parent = os.environ.get(PARENT_RUN_ENV)
+    tags = lineage_tags(cfg, stage)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    with mlflow.start_run(run_name=stage, tags=tags) as run:
+        sections = ["common", stage] if stage in cfg.to_dict() and stage != "common" else ["common"]
+        mlflow.log_params({k: v for k, v in cfg.flat().items() if k.split(".", 1)[0] in sections})
+        mlflow.log_dict(cfg.to_dict(), "config/resolved_params.json")
+        yield run
+
+
+def log_metrics(stage: str, metrics: dict[str, float], step: int | None = None) -> None:
+    """Log ``{name: value}`` as ``<stage>/<name>`` (only finite numbers; others are skipped by name)."""
+    import math
+
+    import mlflow
+
+    clean = {f"{stage}/{k}": float(v) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    """DVC metrics file (JSON), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def register_model(
+    run,
+    model_dir: Path,
+    name: str,
+    *,
+    task: str = "text-generation",
+    description: str = "",
+    tags: dict[str, str] | None = None,
+    aliases: tuple[str, ...] = (),
+):
+    """Log a finished Hugging Face model folder to ``run`` and register it as ``name``.
+
+    Call only after the stage has written every file of ``model_dir``: the version is created
+    last, so a failure before this point leaves no registered version behind.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from components.base_model import load_model_dir
+
+    # In-memory form: MLflow 3.17's local-checkpoint path breaks on transformers 5 pipelines.
+    model, tokenizer = load_model_dir(model_dir, kind="causal-lm" if task == "text-generation" else "sequence-classification")
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        name="model",
+        task=task,
+        pip_requirements=pip_requirements(),
+    )
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except mlflow.exceptions.MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+            raise
+    all_tags = {**lineage_tags_from_run(run), **(tags or {})}
+    version = client.create_model_version(
+        name=name, source=info.model_uri, run_id=run.info.run_id, tags=all_tags, description=description,
+    )
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version.version)
+    return version
+
+
+def lineage_tags_from_run(run) -> dict[str, str]:
+    keep = ("stage", "git_commit", "data_version", "params_hash", "profile")
+    return {k: v for k, v in run.data.tags.items() if k in keep} if hasattr(run, "data") else {}
+
+
+def pip_requirements() -> list[str]:
+    """What a served model needs (explicit: MLflow's inference would pin torchvision, absent here)."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("torch", "transformers", "accelerate", "safetensors", "mlflow")]
+
+
+def stage_main(stage: str, run_fn, argv: list[str] | None = None) -> int:
+    """The ``python -m components.<stage>`` entry point DVC calls: params.yaml (+ ``-S`` args) ->
+    ``run_fn(cfg)`` inside the stage's MLflow run; its numeric results are logged as metrics and
+    written to ``metrics/<stage>.json`` for DVC."""
+    import sys
+
+    from components.config import load_config
+
+    cfg = load_config(overrides=argv if argv is not None else sys.argv[1:])
+    with stage_run(cfg, stage):
+        result = run_fn(cfg)
+        log_metrics(stage, result)
+    write_metrics(ROOT / "metrics" / f"{stage}.json",
+                  {k: v for k, v in result.items() if isinstance(v, (int, float, bool, str))})
+    return 0

@@ -1,0 +1,83 @@
+import pytest
+import yaml
+
+from components.config import ConfigError, defaults, load_config, params_hash, parse_override, set_params, ROOT
+
+
+def test_params_yaml_holds_exactly_the_defaults():
+    # params.yaml is what DVC tracks: it must list every key with its default value.
+    assert yaml.safe_load((ROOT / "params.yaml").read_text()) == defaults()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("sft_typo.lr=1", "unknown section 'sft_typo'"),
+        ("data.n_comparison=5", "unknown key 'data.n_comparison' (did you mean 'data.n_comparisons'?)"),
+        ("data.n_users=abc", "data.n_users: Input should be a valid integer"),
+        ("data.k_max=10", "data.k_max: Input should be less than or equal to 9"),
+        ("data.label_noise=-0.1", "data.label_noise: Input should be greater than or equal to 0"),
+        ("common.eval_fraction=1.5", "common.eval_fraction: Input should be less than 1"),
+        ("base_model.tiny=maybe", "base_model.tiny: Input should be a valid boolean"),
+        ("common.profile=nope", "unknown profile 'nope'"),
+        ("data.k_min=7", None),  # valid alone
+        ("nodot=1", "expected section.key=value"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(override, message):
+    if message is None:
+        load_config(overrides=[override])
+        return
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[override])
+    assert message in str(e.value)
+
+
+def test_cross_field_rule_names_the_keys():
+    with pytest.raises(ConfigError, match="k_min .7. must be <= k_max .5."):
+        load_config(overrides=["data.k_min=7", "data.k_max=5"])
+
+
+def test_unknown_key_in_params_file_names_file_and_key(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("common:\n  seed: 1\nvalidate:\n  max_prompt_char: 5\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: unknown key 'validate.max_prompt_char'"):
+        load_config(p)
+
+
+def test_profile_applies_deltas_and_overrides_win():
+    cfg = load_config(overrides=["common.profile=test", "data.n_users=30"])
+    assert cfg.base_model.tiny is True
+    assert cfg.data.n_comparisons == 48  # from profiles/test.yaml
+    assert cfg.data.n_users == 30  # -S beats the profile
+    assert cfg.data.k_max == 9  # untouched keys keep params.yaml's value
+
+
+def test_override_values_are_parsed_as_yaml():
+    assert parse_override("sft.lr=1e-5") == ("sft", "lr", 1e-5)
+    assert parse_override("a.b=true") == ("a", "b", True)
+    assert parse_override("a.b=hello") == ("a", "b", "hello")
+
+
+def test_config_is_frozen_and_hash_tracks_section_values():
+    cfg = load_config()
+    with pytest.raises(Exception):
+        cfg.data.n_users = 3
+    other = load_config(overrides=["data.n_users=3"])
+    assert cfg.section_hash("data") != other.section_hash("data")
+    assert cfg.section_hash("validate") == other.section_hash("validate")
+    assert params_hash({"a": 1}) == params_hash({"a": 1})
+
+
+def test_set_params_edits_in_place_keeps_comments_and_refuses_bad(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "profiles").mkdir()
+    before = p.read_text()
+    with pytest.raises(ConfigError):
+        set_params(p, ["data.n_users=-5"])
+    assert p.read_text() == before  # nothing written
+    assert set_params(p, ["data.n_users=30"]) == ["data.n_users"]
+    text = p.read_text()
+    assert "n_users: 30" in text and "# seed of every random generator" in text
+    assert load_config(p).data.n_users == 30

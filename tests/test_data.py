@@ -1,0 +1,60 @@
+import pytest
+
+from components.data import DataError, iter_jsonl, pairs_from_ranks, read_jsonl, split_records, write_jsonl
+
+
+def test_jsonl_errors_name_file_and_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'{"id": "a"}\n\n{"id": \n')
+    with pytest.raises(DataError, match=r"x.jsonl:3: not valid JSON"):
+        read_jsonl(p)
+    p.write_bytes(b'{"id": "a"}\n{"id": "\xff"}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:2: not valid UTF-8"):
+        read_jsonl(p)
+    p.write_bytes(b'[1, 2]\n')
+    with pytest.raises(DataError, match=r"x.jsonl:1: expected a JSON object, got list"):
+        read_jsonl(p)
+    with pytest.raises(DataError, match="file not found"):
+        read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_write_is_atomic_and_round_trips(tmp_path):
+    p = tmp_path / "d" / "x.jsonl"
+    recs = [{"id": "1", "text": "héllo\nworld"}, {"id": "2", "text": "b"}]
+    assert write_jsonl(p, recs) == 2
+    assert read_jsonl(p) == recs
+    assert [n for n, _ in iter_jsonl(p)] == [1, 2]
+
+    def boom():
+        yield {"id": "3"}
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(p, boom())
+    assert read_jsonl(p) == recs  # the old file is intact, no temp file left
+    assert sorted(x.name for x in p.parent.iterdir()) == ["x.jsonl"]
+
+
+def test_split_keeps_each_user_on_one_side_and_is_seeded():
+    recs = [{"id": f"r{i}", "user_id": f"u{i % 20}"} for i in range(400)]
+    train, evals = split_records(recs, 0.25, seed=0)
+    assert not {r["user_id"] for r in train} & {r["user_id"] for r in evals}
+    assert 0 < len(evals) < len(recs)
+    assert split_records(recs, 0.25, seed=0) == (train, evals)
+    assert split_records(recs, 0.25, seed=1) != (train, evals)
+    # Growing the data set never moves an existing user across the split.
+    more = recs + [{"id": f"n{i}", "user_id": f"new{i}"} for i in range(50)]
+    train2, _ = split_records(more, 0.25, seed=0)
+    assert {r["id"] for r in train} <= {r["id"] for r in train2}
+
+
+def test_explicit_split_wins_and_userless_records_split_alone():
+    recs = [{"id": "a", "split": "eval", "user_id": "u"}, {"id": "b"}]
+    train, evals = split_records(recs, 0.0001, seed=0)
+    assert [r["id"] for r in evals] == ["a"] and [r["id"] for r in train] == ["b"]
+
+
+def test_pairs_from_ranks_ties_give_no_pair():
+    # "D > C > A = B" with responses [A, B, C, D] -> ranks [2, 2, 1, 0]
+    assert sorted(pairs_from_ranks([2, 2, 1, 0])) == [(2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]
+    assert pairs_from_ranks([0, 0]) == []
