@@ -5,6 +5,7 @@
     rlhf data import {hh-rlhf,oasst} SRC [--out DIR]       real preference data -> project format
     rlhf validate [--data DIR]                            the great-expectations gate alone
     rlhf params [-S ...]                                  the resolved configuration
+    rlhf ui [--port 5000]                                 the MLflow UI on 127.0.0.1
 """
 
 from __future__ import annotations
@@ -131,6 +132,19 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    """The MLflow UI over the project's store, on 127.0.0.1 unless --host says otherwise."""
+    from components.tracking import tracking_uri
+
+    cfg = load_config()
+    uri = tracking_uri(cfg)
+    exe = Path(sys.executable).with_name("mlflow")
+    cmd = [str(exe) if exe.exists() else "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port), "--workers", "1"]
+    print(f"MLflow UI: http://{args.host}:{args.port}  (store {uri}; Ctrl-C to stop)", flush=True)
+    return subprocess.run(cmd, cwd=ROOT).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlhf", description="InstructGPT-style RLHF pipeline (Prefect + DVC + MLflow).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -150,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", help="data folder (default: common.data_dir)")
     sp.add_argument("--report-dir", help="where report.json/html go (default: outputs/validate)")
     sp.set_defaults(func=cmd_validate)
+
+    sp = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 and print its URL")
+    sp.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=int, default=5000)
+    sp.set_defaults(func=cmd_ui)
 
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="data_command", required=True)
     sp = with_overrides(data.add_parser("synth", help="generate the built-in simulated-labeler data set"))

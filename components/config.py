@@ -39,17 +39,21 @@ class CommonConfig(Section):
                          description="Profile of deltas applied on top (profiles/<name>.yaml); 'default' = none.")
     data_dir: str = Field("data", description="Folder of the four JSONL files (tracked by data.dvc).")
     outputs_dir: str = Field("outputs", description="Folder of stage outputs (models, reports); DVC outs.")
+    metrics_dir: str = Field("metrics", description="DVC metrics: one <stage>.json per stage.")
+    plots_dir: str = Field("plots", description="DVC plots: <stage>/ per stage (CSV data and PNG).")
     experiment: str = Field("rlhf", min_length=1, description="MLflow experiment name.")
     tracking_uri: str = Field("", description="MLflow tracking URI; '' = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the project.")
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of users held out for evaluation (split by user_id).")
+    system_prompt: str = Field("", description="System message of every chat prompt; '' = the model's own default.")
+    bf16: bool = Field(True, description="bf16 autocast where it pays off (CUDA GPUs with bf16, CPUs with AMX).")
 
 
 class DataConfig(Section):
     """Sizes of the built-in simulated-labeler data set (``rlhf data synth``)."""
-    n_demonstrations: int = Field(1000, ge=1, description="SFT demonstrations (ideal answers).")
-    n_comparisons: int = Field(1000, ge=1, description="Ranked comparisons (K answers per prompt).")
-    n_prompts: int = Field(400, ge=1, description="Held-out RL prompts.")
-    n_pretrain: int = Field(1000, ge=1, description="Pretraining-mix texts for PPO-ptx and perplexity.")
+    n_demonstrations: int = Field(500, ge=1, description="SFT demonstrations (ideal answers).")
+    n_comparisons: int = Field(400, ge=1, description="Ranked comparisons (K answers per prompt).")
+    n_prompts: int = Field(200, ge=1, description="Held-out RL prompts.")
+    n_pretrain: int = Field(500, ge=1, description="Pretraining-mix texts for PPO-ptx and perplexity.")
     k_min: int = Field(4, ge=2, le=9, description="Fewest answers ranked per prompt.")
     k_max: int = Field(9, ge=2, le=9, description="Most answers ranked per prompt (InstructGPT: 4..9).")
     label_noise: float = Field(0.05, ge=0, description="Std of the simulated labeler's noise on the gold reward.")
@@ -80,11 +84,79 @@ class BaseModelConfig(Section):
     allow_pickle: bool = Field(False, description="Accept .bin (pickle) weights; off = safetensors only.")
 
 
+class TrainerSection(Section):
+    """Settings shared by the stages trained with a TRL/transformers Trainer (sft, dpo)."""
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: epochs decide).")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW, linear decay).")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warm-up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(8, ge=1, description="Sequences (sft) or pairs (dpo) per device per step.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_length: int = Field(256, ge=16, description="Tokens per sequence (prompt + response); longer ones are truncated.")
+    max_samples: int = Field(0, ge=0, description="Use at most this many training records (0: all).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (TRL defaults to on; off is faster here).")
+    logging_steps: int = Field(5, ge=1, description="Log every N steps.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume after a kill).")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
+
+
+class SFTConfig(TrainerSection):
+    """Supervised fine-tuning on demonstrations (TRL SFTTrainer; loss on response tokens only)."""
+
+
+class DPOConfig(TrainerSection):
+    """RL-free baseline: TRL DPOTrainer from SFT on pairs expanded from each ranking."""
+    lr: float = Field(5e-6, gt=0, description="Peak learning rate (DPO wants a small one).")
+    batch_size: int = Field(4, ge=1, description="Pairs per device per step.")
+    beta: float = Field(0.1, gt=0, description="DPO temperature beta (strength of the implicit KL to SFT).")
+    max_samples: int = Field(150, ge=0, description="Use at most this many training rankings (0: all).")
+    max_pairs_per_prompt: int = Field(2, ge=0, description="Pairs kept per ranking (0: all C(K,2) minus ties); seeded choice.")
+
+
+UtilityName = Literal["logsigmoid", "linear", "log", "inv", "square", "inv_square"]
+
+
+class RewardConfig(Section):
+    """Reward model: SFT backbone + scalar head, InstructGPT K-wise loss, prompt-aware utilities."""
+    epochs: float = Field(1.0, gt=0, description="Passes over the training comparisons.")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: epochs decide).")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW, linear decay).")
+    head_lr: float = Field(1e-3, gt=0, description="Learning rate of the new scalar head.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warm-up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    prompts_per_batch: int = Field(4, ge=1, description="Prompts per step; all K answers of a prompt are one batch element.")
+    max_length: int = Field(256, ge=16, description="Tokens per prompt + answer.")
+    max_samples: int = Field(0, ge=0, description="Use at most this many training comparisons (0: all).")
+    freeze_layers: int = Field(0, ge=0, description="Freeze the embeddings and the first N transformer layers (speed).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    utility: dict[str, UtilityName] = Field(
+        default_factory=lambda: {"closed": "linear", "open": "log", "unknown": "logsigmoid"},
+        description="Utility U per prompt_type (reward-collapse paper); all 'logsigmoid' = plain InstructGPT.")
+    utility_eps: float = Field(0.01, gt=0, description="epsilon of log(x+eps), -1/(x+eps), -1/(x+eps)^2.")
+    bounded: bool = Field(True, description="Downstream reward = sigmoid(r) (in (0,1), as the utilities train it); false: raw r.")
+    eval_batch_size: int = Field(16, ge=1, description="Answers per forward pass when scoring (PPO, evaluation).")
+    micro_batch_tokens: int = Field(2048, ge=16, description="Padded tokens per forward micro-batch (answers bucketed by length).")
+    logging_steps: int = Field(5, ge=1, description="Log every N steps.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume after a kill).")
+
+    @model_validator(mode="after")
+    def _utility_keys(self):
+        missing = {"closed", "open", "unknown"} - set(self.utility)
+        extra = set(self.utility) - {"closed", "open", "unknown"}
+        if missing or extra:
+            raise ValueError(f"utility must map exactly closed/open/unknown (missing {sorted(missing)}, unknown {sorted(extra)})")
+        return self
+
+
 SECTIONS: dict[str, type[Section]] = {
     "common": CommonConfig,
     "data": DataConfig,
     "validate": ValidateConfig,
     "base_model": BaseModelConfig,
+    "sft": SFTConfig,
+    "reward": RewardConfig,
+    "dpo": DPOConfig,
 }
 
 
@@ -93,6 +165,9 @@ class Config(Section):
     data: DataConfig = DataConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     base_model: BaseModelConfig = BaseModelConfig()
+    sft: SFTConfig = SFTConfig()
+    reward: RewardConfig = RewardConfig()
+    dpo: DPOConfig = DPOConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -116,6 +191,12 @@ class Config(Section):
 
     def out_dir(self, stage: str) -> Path:
         return resolve(self.common.outputs_dir) / stage
+
+    def plots_dir(self, stage: str) -> Path:
+        return resolve(self.common.plots_dir) / stage
+
+    def metrics_file(self, stage: str) -> Path:
+        return resolve(self.common.metrics_dir) / f"{stage}.json"
 
 
 def resolve(path: str | Path) -> Path:

@@ -138,16 +138,17 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
 
 
 def register_model(
-    run,
     model_dir: Path,
     name: str,
+    cfg: Config,
+    stage: str,
     *,
     task: str = "text-generation",
     description: str = "",
     tags: dict[str, str] | None = None,
     aliases: tuple[str, ...] = (),
 ):
-    """Log a finished Hugging Face model folder to ``run`` and register it as ``name``.
+    """Log a finished Hugging Face model folder to the active (stage) run and register it as ``name``.
 
     Call only after the stage has written every file of ``model_dir``: the version is created
     last, so a failure before this point leaves no registered version behind.
@@ -157,6 +158,9 @@ def register_model(
 
     from components.base_model import load_model_dir
 
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError(f"register_model({name!r}) needs an active MLflow run (use tracking.stage_run)")
     # In-memory form: MLflow 3.17's local-checkpoint path breaks on transformers 5 pipelines.
     model, tokenizer = load_model_dir(model_dir, kind="causal-lm" if task == "text-generation" else "sequence-classification")
     info = mlflow.transformers.log_model(
@@ -171,18 +175,13 @@ def register_model(
     except mlflow.exceptions.MlflowException as e:
         if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
             raise
-    all_tags = {**lineage_tags_from_run(run), **(tags or {})}
     version = client.create_model_version(
-        name=name, source=info.model_uri, run_id=run.info.run_id, tags=all_tags, description=description,
+        name=name, source=info.model_uri, run_id=run.info.run_id, description=description,
+        tags={**lineage_tags(cfg, stage), "model_dir": str(model_dir), **(tags or {})},
     )
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version.version)
     return version
-
-
-def lineage_tags_from_run(run) -> dict[str, str]:
-    keep = ("stage", "git_commit", "data_version", "params_hash", "profile")
-    return {k: v for k, v in run.data.tags.items() if k in keep} if hasattr(run, "data") else {}
 
 
 def pip_requirements() -> list[str]:
@@ -204,6 +203,6 @@ def stage_main(stage: str, run_fn, argv: list[str] | None = None) -> int:
     with stage_run(cfg, stage):
         result = run_fn(cfg)
         log_metrics(stage, result)
-    write_metrics(ROOT / "metrics" / f"{stage}.json",
+    write_metrics(cfg.metrics_file(stage),
                   {k: v for k, v in result.items() if isinstance(v, (int, float, bool, str))})
     return 0

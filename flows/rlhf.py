@@ -1,6 +1,7 @@
 """The pipeline as a Prefect flow — it reads like InstructGPT's Figure 2:
 
-    data ─► validate ─► base_model ─► (sft ─► reward ─► rl ─► evaluate ─► promote, as they land)
+    data ─► validate ─► base_model ─► sft ─► reward      (InstructGPT steps 1 and 2)
+                                          └──► dpo         (the RL-free baseline)
 
 Each task runs its stage through DVC (``dvc repro --single-item <stage>``), so the stage logic
 exists once (``components/<stage>.py``, also what ``dvc repro`` runs), DVC skips a stage whose
@@ -25,7 +26,7 @@ from components.config import ROOT, load_config
 from components.tracking import PARENT_RUN_ENV, lineage_tags, set_offline_env, setup, tracking_uri
 
 # Order of execution; each name is a stage of dvc.yaml and a module components/<name>.py.
-STAGES = ("validate", "base_model")
+STAGES = ("validate", "base_model", "sft", "reward", "dpo")
 
 
 class StageFailed(RuntimeError):
@@ -60,7 +61,7 @@ def run_stage(stage: str, parent_run_id: str | None = None) -> dict:
     if proc.returncode != 0:
         raise StageFailed(f"stage '{stage}' failed (exit {proc.returncode}) after {seconds} s:\n" + "\n".join(tail[-25:]))
     skipped = any("didn't change, skipping" in l or "is cached" in l for l in tail)
-    metrics_file = ROOT / "metrics" / f"{stage}.json"
+    metrics_file = load_config().metrics_file(stage)
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     return {"stage": stage, "status": "up to date (skipped)" if skipped else "ran", "seconds": seconds, "metrics": metrics}
 

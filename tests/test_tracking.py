@@ -17,7 +17,7 @@ def test_stage_run_is_nested_tagged_and_registers_with_lineage(isolated_mlflow, 
     monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent.info.run_id)
     with tracking.stage_run(cfg, "base_model") as run:
         tracking.log_metrics("base_model", {"n_params": 3.0, "bad": float("nan"), "name": "x"})
-        version = tracking.register_model(run, tiny_model_dir, "test-model", description="tiny", aliases=("candidate",))
+        version = tracking.register_model(tiny_model_dir, "test-model", cfg, "base_model", description="tiny", aliases=("candidate",))
     client = MlflowClient()
     got = client.get_run(run.info.run_id)
     assert got.data.tags["mlflow.parentRunId"] == parent.info.run_id
