@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -42,6 +43,21 @@ def _stage_env(parent_run_id: str | None) -> dict[str, str]:
     return env
 
 
+_BAR = re.compile(r"^(?P<desc>.*?):?\s*(?P<pct>\d{1,3})%\|")
+
+
+def _worth_logging(line: str, shown: dict[str, int]) -> bool:
+    """A tqdm bar redraws many times a second: log each bar at 0, 10, 20 ... 100% only."""
+    m = _BAR.match(line)
+    if not m:
+        return True
+    decile = int(m["pct"]) // 10
+    if shown.get(m["desc"]) == decile:
+        return False
+    shown[m["desc"]] = decile
+    return True
+
+
 @task(name="stage", task_run_name="{stage}")
 def run_stage(stage: str, parent_run_id: str | None = None) -> dict:
     """``dvc repro --single-item <stage>``, its output streamed to the Prefect log."""
@@ -52,9 +68,10 @@ def run_stage(stage: str, parent_run_id: str | None = None) -> dict:
     tail: list[str] = []
     with subprocess.Popen(cmd, cwd=ROOT, env=_stage_env(parent_run_id), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        shown: dict[str, int] = {}
         for line in proc.stdout:
             line = line.rstrip()
-            if line and "it/s]" not in line:  # progress bars redraw: keep the log readable
+            if line and _worth_logging(line, shown):
                 logger.info("%s | %s", stage, line)
             tail = (tail + [line])[-40:]
     seconds = round(time.time() - t0, 1)

@@ -1,0 +1,50 @@
+"""The reward stage's own mechanics on the tiny model: bucketed forward passes and a loop that learns."""
+
+from __future__ import annotations
+
+import torch
+
+from components import reward
+from components.config import RewardConfig
+
+
+def test_length_buckets_cover_every_index_once_within_budget():
+    lengths = [5, 90, 12, 7, 40, 41, 300, 6]
+    groups = reward.length_buckets(lengths, max_tokens=100)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        assert len(g) == 1 or len(g) * max(lengths[i] for i in g) <= 100
+    assert [300] in [[lengths[i] for i in g] for g in groups]  # too long for the budget: alone
+
+
+def test_bucketing_does_not_change_rewards(tiny_model_dir):
+    model, tok = reward.load_reward_backbone(tiny_model_dir)
+    model.eval()
+    seqs = [reward.encode_pair(tok, "What is 2 + 3?", a, "", 128)[0]
+            for a in ("5.", "2 + 3 = 5.", "It is five, I think, or maybe six. " * 3, "six")]
+    with torch.no_grad():
+        small = reward.raw_rewards(model, seqs, tok.pad_token_id, max_tokens=16)   # one sequence per pass
+        big = reward.raw_rewards(model, seqs, tok.pad_token_id, max_tokens=10**6)  # one padded pass
+    torch.testing.assert_close(small, big, atol=1e-5, rtol=1e-4)
+
+
+def test_kwise_training_learns_a_ranking(tiny_model_dir):
+    """Answers ranked by how many times they say 'good': 40 steps must order held-out prompts."""
+    model, tok = reward.load_reward_backbone(tiny_model_dir)
+    answers = ["good good good", "good good", "good", "bad"]
+
+    def items(prompts):
+        return [{"ids": [reward.encode_pair(tok, p, a, "", 64)[0] for a in answers], "ranks": [0, 1, 2, 3],
+                 "utility_id": 0, "prompt_type": "unknown"} for p in prompts]
+
+    train_items = items([f"Say something about item {i}." for i in range(16)])
+    eval_items = items([f"Tell me about thing {i}." for i in range(8)])
+    rc = RewardConfig(max_steps=40, lr=3e-3, head_lr=3e-3, prompts_per_batch=4, warmup_ratio=0.0,
+                      utility={"closed": "logsigmoid", "open": "logsigmoid", "unknown": "logsigmoid"})
+    autocast = reward.autocast_for(False)
+    before = reward.evaluate(model, eval_items, tok.pad_token_id, ("logsigmoid",), rc, autocast)
+    stats = reward.train(model, train_items, rc, tok.pad_token_id, ("logsigmoid",), 0, autocast=autocast)
+    after = reward.evaluate(model, eval_items, tok.pad_token_id, ("logsigmoid",), rc, autocast)
+    assert stats["steps"] == 40 and stats["answers"] == 40 * 4 * 4
+    assert after["pairs"] == 8 * 6
+    assert after["accuracy"] >= 0.9 > before["accuracy"], (before["accuracy"], after["accuracy"])
