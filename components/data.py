@@ -15,10 +15,12 @@ Four files live in ``data/`` (tracked by ``data.dvc``):
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,25 +42,43 @@ class DataError(ValueError):
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for every non-blank line; 1-based line numbers.
 
-    Raises DataError naming the file and line for invalid UTF-8, invalid JSON or a non-object.
+    Plain or gzip-compressed (recognised by its magic bytes, whatever the name). Raises DataError
+    naming the file and line for a missing or unreadable file, broken gzip data, invalid UTF-8,
+    invalid JSON or a line that is not a JSON object.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    try:
+        raw = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot open ({e.strerror})") from None
+    with raw:
+        stream = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == b"\x1f\x8b" else raw
+        lineno = 0
+        while True:
             try:
-                line = raw.decode("utf-8")
+                line = stream.readline()
+            except (OSError, EOFError, zlib.error) as e:
+                raise DataError(f"{path}:{lineno + 1}: broken gzip data ({e})") from None
+            if not line:
+                return
+            lineno += 1
+            try:
+                text = line.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start})") from None
-            if not line.strip():
+            if not text.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = json.loads(text)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+                kind = "list" if isinstance(rec, list) else type(rec).__name__
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {kind}")
             yield lineno, rec
 
 

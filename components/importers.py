@@ -43,17 +43,13 @@ Every record that is left out is counted in ``stats["skipped"]`` under its reaso
 
 from __future__ import annotations
 
-import gzip
-import io
-import json
 import re
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from components.data import K_MAX, K_MIN, DataError
+from components.data import K_MAX, K_MIN, DataError, iter_jsonl
 from components.validate_rules import CONTROL_CHARS
 
 DEFAULT_MAX_CHARS = 4000
@@ -118,46 +114,11 @@ def _check_limit(limit: int | None) -> None:
 
 
 def _iter_source(path: Path, limit: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for the first ``limit`` non-blank lines of a .jsonl or gzip file.
-
-    Raises DataError naming the file (and line) for a missing or unreadable file, a broken gzip
-    stream, invalid UTF-8, invalid JSON or a line that is not a JSON object.
-    """
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a file")
-    try:
-        raw = open(path, "rb")
-    except OSError as e:
-        raise DataError(f"{path}: cannot open ({e.strerror})") from None
-    with raw:
-        stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == b"\x1f\x8b" else raw
-        n = 0
-        lineno = 0
-        while limit is None or n < limit:
-            try:
-                line = stream.readline()
-            except (OSError, EOFError, zlib.error) as e:
-                raise DataError(f"{path}:{lineno + 1}: broken gzip data ({e})") from None
-            if not line:
-                break
-            lineno += 1
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start})") from None
-            if not text.strip():
-                continue
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                kind = "array" if isinstance(rec, list) else type(rec).__name__
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {kind}")
-            n += 1
-            yield lineno, rec
+    """``(line number, object)`` for the first ``limit`` non-blank lines (data.iter_jsonl's errors)."""
+    for n, item in enumerate(iter_jsonl(path)):
+        if limit is not None and n >= limit:
+            return
+        yield item
 
 
 def _field(rec: dict, name: str, kind: type | tuple[type, ...], where: str, *, label: str | None = None,

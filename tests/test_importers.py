@@ -8,22 +8,12 @@ import json
 import re
 from pathlib import Path
 
+import conftest
 import pytest
 
 from components import importers
 from components.data import DataError, K_MAX, read_jsonl, write_jsonl
 from components.validate_rules import CONTROL_CHARS
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def shared_file(*parts: str) -> Path:
-    """A file of ../shared/data, or skip the test with the reason."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} is absent")
-    return path
-
 
 @pytest.fixture(scope="module")
 def vr():
@@ -109,7 +99,7 @@ def test_hh_bad_input_names_file_line_and_field(tmp_path):
     with pytest.raises(DataError, match=r"bad\.jsonl:1: field 'chosen' must be a string, got an integer"):
         importers.import_hh_rlhf(src)
     write_lines(src, ["[1, 2]"])
-    with pytest.raises(DataError, match=r"bad\.jsonl:1: expected a JSON object, got array"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: expected a JSON object, got list"):
         importers.import_hh_rlhf(src)
     with pytest.raises(DataError, match="file not found"):
         importers.import_hh_rlhf(tmp_path / "missing.jsonl")
@@ -264,12 +254,12 @@ def test_cleaned_synthetic_output_passes_the_gate(vr, tmp_path):
 
 @pytest.fixture(scope="module")
 def hh_real():
-    return importers.import_hh_rlhf(shared_file("hh-rlhf", "harmless-base-test.jsonl.gz"))
+    return importers.import_hh_rlhf(conftest.shared_file("hh-rlhf", "harmless-base-test.jsonl.gz"))
 
 
 @pytest.fixture(scope="module")
 def oasst_real():
-    return importers.import_oasst(shared_file("oasst2", "oasst2_filtered.jsonl"))
+    return importers.import_oasst(conftest.shared_file("oasst2", "oasst2_filtered.jsonl"))
 
 
 def test_real_hh_rlhf_imports_and_passes_the_gate(hh_real, vr, tmp_path):
@@ -307,7 +297,7 @@ def test_real_oasst_imports_and_passes_the_gate(oasst_real, vr, tmp_path):
 def test_cli_imports_hh_rlhf(tmp_path, capsys):
     from components.cli import main
 
-    src = shared_file("hh-rlhf", "harmless-base-test.jsonl.gz")
+    src = conftest.shared_file("hh-rlhf", "harmless-base-test.jsonl.gz")
     out = tmp_path / "out"
     assert main(["data", "import", "hh-rlhf", str(src), "--out", str(out), "--limit", "50"]) == 0
     comps = read_jsonl(out / "comparisons.jsonl")
