@@ -110,7 +110,7 @@ class DPOConfig(TrainerSection):
     lr: float = Field(5e-6, gt=0, description="Peak learning rate (DPO wants a small one).")
     batch_size: int = Field(4, ge=1, description="Pairs per device per step.")
     beta: float = Field(0.1, gt=0, description="DPO temperature beta (strength of the implicit KL to SFT).")
-    max_samples: int = Field(150, ge=0, description="Use at most this many training rankings (0: all).")
+    max_samples: int = Field(100, ge=0, description="Use at most this many training rankings (0: all).")
     max_pairs_per_prompt: int = Field(2, ge=0, description="Pairs kept per ranking (0: all C(K,2) minus ties); seeded choice.")
 
 
@@ -127,7 +127,7 @@ class RewardConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     prompts_per_batch: int = Field(4, ge=1, description="Prompts per step; all K answers of a prompt are one batch element.")
     max_length: int = Field(256, ge=16, description="Tokens per prompt + answer.")
-    max_samples: int = Field(0, ge=0, description="Use at most this many training comparisons (0: all).")
+    max_samples: int = Field(240, ge=0, description="Use at most this many training comparisons (0: all).")
     freeze_layers: int = Field(0, ge=0, description="Freeze the embeddings and the first N transformer layers (speed).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     utility: dict[str, UtilityName] = Field(
@@ -149,6 +149,48 @@ class RewardConfig(Section):
         return self
 
 
+class PPOConfig(Section):
+    """PPO-ptx (InstructGPT step 3), written in-house: components/ppo.py. Names follow the papers."""
+    updates: int = Field(12, ge=1, description="PPO iterations: rollout, score, GAE, then ppo_epochs of minibatch updates.")
+    batch_size: int = Field(8, ge=1, description="Prompts per rollout (one response each).")
+    minibatch_size: int = Field(4, ge=1, description="Responses per gradient step.")
+    ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout.")
+    lr: float = Field(1e-5, gt=0, description="Policy learning rate (AdamW, constant).")
+    value_lr: float = Field(5e-5, gt=0, description="Value-model learning rate (initialised from the reward model).")
+    max_prompt_length: int = Field(192, ge=8, description="Prompt tokens kept (left-truncated, with a warning).")
+    max_new_tokens: int = Field(40, ge=1, description="Response tokens sampled at most.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling (0: off).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (1: off).")
+    missing_eos_penalty: float = Field(0.2, ge=0, description="Subtracted from the score of a response that never ends (no EOS).")
+    kl_coef: float = Field(0.05, ge=0, description="beta: per-token KL(pi || pi_SFT) penalty (the initial value when adaptive).")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator (Schulman 2020): k1 = log-ratio, k3 >= 0.")
+    target_kl: float | None = Field(None, gt=0, description="Adaptive KL controller target per response (null: fixed kl_coef).")
+    kl_horizon: int = Field(10000, ge=1, description="Adaptive KL controller horizon (Ziegler et al. 2019).")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount of the per-token rewards.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    whiten_advantages: bool = Field(True, description="Advantages to mean 0, std 1 over each rollout.")
+    clip_coef: float = Field(0.2, gt=0, description="PPO ratio clip epsilon.")
+    clip_range_value: float = Field(0.2, ge=0, description="Value clipping around the rollout's values (0: off).")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
+    ent_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus.")
+    ptx_coef: float = Field(1.0, ge=0, description="gamma of PPO-ptx: weight of the pretraining LM loss (variant ppo_ptx).")
+    ptx_batch_size: int = Field(4, ge=1, description="Pretraining texts per gradient step (PPO-ptx).")
+    ptx_max_length: int = Field(96, ge=8, description="Tokens per pretraining text.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping (policy and value each).")
+    save_every: int = Field(5, ge=1, description="Checkpoint every N updates (resume after a kill).")
+    save_total_limit: int = Field(1, ge=1, description="Checkpoints kept.")
+    sample_every: int = Field(4, ge=1, description="Log a table of sample generations every N updates.")
+    eval_prompts: int = Field(48, ge=0, description="Held-out RL prompts for the final win rate vs SFT (gold reward).")
+    eval_texts: int = Field(48, ge=0, description="Held-out pretraining texts for the final LM loss vs SFT.")
+
+    @model_validator(mode="after")
+    def _minibatch(self):
+        if self.minibatch_size > self.batch_size:
+            raise ValueError(f"minibatch_size ({self.minibatch_size}) must be <= batch_size ({self.batch_size})")
+        return self
+
+
 SECTIONS: dict[str, type[Section]] = {
     "common": CommonConfig,
     "data": DataConfig,
@@ -157,6 +199,7 @@ SECTIONS: dict[str, type[Section]] = {
     "sft": SFTConfig,
     "reward": RewardConfig,
     "dpo": DPOConfig,
+    "ppo": PPOConfig,
 }
 
 
@@ -168,6 +211,7 @@ class Config(Section):
     sft: SFTConfig = SFTConfig()
     reward: RewardConfig = RewardConfig()
     dpo: DPOConfig = DPOConfig()
+    ppo: PPOConfig = PPOConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -39,6 +39,26 @@ OFFLINE_ENV = {
 }
 
 
+# glibc malloc: keep freed memory instead of returning it to the OS after every large tensor.
+# Training steps spent ~40% of their time in page faults; with these a SmolLM2 train step went
+# from 3.66 s to 2.78 s on 2 cores (measured 2026-11-22). glibc reads them at process start only.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296",
+              "MALLOC_TOP_PAD_": "1073741824"}
+
+
+def reexec_with_malloc_env() -> None:
+    """Restart this very command once with MALLOC_ENV set (Linux/glibc only; a no-op when set)."""
+    import platform
+    import sys
+
+    if (sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or os.environ.get("RLHF_NO_MALLOC_TUNING")
+            or all(k in os.environ for k in MALLOC_ENV)):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, **MALLOC_ENV})
+
+
 def set_offline_env() -> None:
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
@@ -69,12 +89,22 @@ def data_version(root: Path = ROOT) -> str:
     return str(outs[0].get("md5", "unknown"))
 
 
+# Stages that read another stage's params section (a variant of it).
+SECTION_OF = {"ppo_ptx": "ppo"}
+
+
+def section_of(cfg: Config, stage: str) -> str:
+    """The params section a stage reads: its own, its variant's, or ``common`` (validate's data gate)."""
+    name = SECTION_OF.get(stage, stage)
+    return name if name in cfg.to_dict() else "common"
+
+
 def lineage_tags(cfg: Config, stage: str) -> dict[str, str]:
     return {
         "stage": stage,
         "git_commit": git_commit(),
         "data_version": data_version(),
-        "params_hash": cfg.section_hash(stage) if stage in cfg.to_dict() else cfg.section_hash("common"),
+        "params_hash": cfg.section_hash(section_of(cfg, stage)),
         "profile": cfg.common.profile,
     }
 
@@ -111,7 +141,7 @@ def stage_run(cfg: Config, stage: str) -> Iterator[Any]:
     if parent:
         tags["mlflow.parentRunId"] = parent
     with mlflow.start_run(run_name=stage, tags=tags) as run:
-        sections = ["common", stage] if stage in cfg.to_dict() and stage != "common" else ["common"]
+        sections = {"common", section_of(cfg, stage)}
         mlflow.log_params({k: v for k, v in cfg.flat().items() if k.split(".", 1)[0] in sections})
         mlflow.log_dict(cfg.to_dict(), "config/resolved_params.json")
         yield run
@@ -199,6 +229,8 @@ def stage_main(stage: str, run_fn, argv: list[str] | None = None) -> int:
 
     from components.config import load_config
 
+    if argv is None:
+        reexec_with_malloc_env()
     cfg = load_config(overrides=argv if argv is not None else sys.argv[1:])
     with stage_run(cfg, stage):
         result = run_fn(cfg)

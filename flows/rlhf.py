@@ -1,7 +1,7 @@
 """The pipeline as a Prefect flow — it reads like InstructGPT's Figure 2:
 
-    data ─► validate ─► base_model ─► sft ─► reward      (InstructGPT steps 1 and 2)
-                                          └──► dpo         (the RL-free baseline)
+    data ─► validate ─► base_model ─► sft ─► reward ─► ppo, ppo_ptx   (InstructGPT steps 1, 2, 3)
+                                          └──► dpo                      (the RL-free baseline)
 
 Each task runs its stage through DVC (``dvc repro --single-item <stage>``), so the stage logic
 exists once (``components/<stage>.py``, also what ``dvc repro`` runs), DVC skips a stage whose
@@ -27,7 +27,7 @@ from components.config import ROOT, load_config
 from components.tracking import PARENT_RUN_ENV, lineage_tags, set_offline_env, setup, tracking_uri
 
 # Order of execution; each name is a stage of dvc.yaml and a module components/<name>.py.
-STAGES = ("validate", "base_model", "sft", "reward", "dpo")
+STAGES = ("validate", "base_model", "sft", "reward", "dpo", "ppo", "ppo_ptx")
 
 
 class StageFailed(RuntimeError):

@@ -61,11 +61,12 @@ def project(tmp_path_factory):
 def test_flow_runs_every_stage_and_leaves_dvc_clean(project):
     proj, first = project
     ran = [l.split()[1] for l in first.stdout.splitlines() if l.startswith("RESULT") and l.endswith(" ran")]
-    assert ran == ["validate", "base_model", "sft", "reward", "dpo"]
+    assert ran == ["validate", "base_model", "sft", "reward", "dpo", "ppo", "ppo_ptx"]
     logs = first.stdout + first.stderr  # the flow's prints go through Prefect's logger (log_prints)
     assert "Validation report:" in logs and "outputs/validate/report.html" in logs
-    for stage in ("base_model", "sft", "reward", "dpo"):
+    for stage in ("base_model", "sft", "reward", "dpo", "ppo", "ppo_ptx"):
         assert (proj / "outputs" / stage / "model.safetensors").exists()
+    assert (proj / "plots" / "ppo_ptx" / "curves.csv").read_text().startswith("update,reward,")
     assert (proj / "plots" / "reward" / "collapse.png").exists()
     status = sh([str(BIN / "dvc"), "status"], proj).stdout
     assert "Data and pipelines are up to date" in status, status
@@ -77,7 +78,7 @@ def test_models_are_registered_with_lineage_under_one_parent_run(project):
             "from mlflow import MlflowClient\n"
             "c = MlflowClient()\n"
             "out = {}\n"
-            "for name in ('sft', 'reward-model', 'dpo-policy'):\n"
+            "for name in ('sft', 'reward-model', 'dpo-policy', 'policy', 'policy-ptx'):\n"
             "    v = c.search_model_versions(f\"name='{name}'\")[0]\n"
             "    run = c.get_run(v.run_id)\n"
             "    out[name] = [v.tags.get('data_version'), v.tags.get('params_hash'), run.data.tags.get('mlflow.parentRunId')]\n"
@@ -101,3 +102,7 @@ def test_rerun_is_cached_and_a_param_change_reruns_only_dependents(project):
     set_params(proj / "params.yaml", ["dpo.beta=0.2"])
     status = sh([str(BIN / "dvc"), "status"], proj).stdout
     assert "dpo:" in status and "sft:" not in status and "reward:" not in status, status
+    assert "ppo:" not in status and "ppo_ptx:" not in status, status
+    set_params(proj / "params.yaml", ["ppo.kl_coef=0.02"])  # both RL variants read the ppo section
+    status = sh([str(BIN / "dvc"), "status"], proj).stdout
+    assert "ppo:" in status and "ppo_ptx:" in status and "reward:" not in status, status
