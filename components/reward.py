@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,7 +204,7 @@ def write_collapse_plot(curves: dict[str, list[float]], out_dir: Path, title: st
         ax.plot([i / max(1, n - 1) for i in range(n)], curves[t], marker="o", label=t)
     ax.set_xlabel("answer position, best (0) to worst (1)")
     ax.set_ylabel("reward, sigmoid(r)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 60), fontsize=8)
     ax.legend()
     fig.tight_layout()
     png = out_dir / "collapse.png"
