@@ -90,7 +90,7 @@ def _read_lines(path: Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str
                 bad.append((lineno, "valid_utf8", f"not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})"))
                 continue
             try:
-                rec = json.loads(line)
+                rec = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 bad.append((lineno, "valid_json", f"not valid JSON ({e.msg} at column {e.colno})"))
                 continue

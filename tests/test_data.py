@@ -6,8 +6,8 @@ from components.data import DataError, iter_jsonl, pairs_from_ranks, read_jsonl,
 def test_jsonl_errors_name_file_and_line(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_bytes(b'{"id": "a"}\n\n{"id": \n')
-    with pytest.raises(DataError, match=r"x.jsonl:3: not valid JSON"):
-        read_jsonl(p)
+    with pytest.raises(DataError, match=r"x.jsonl:3: not valid JSON \(Expecting value at column 8\)"):
+        read_jsonl(p)  # the column within the line, not "line 2, column 1" of the trailing newline
     p.write_bytes(b'{"id": "a"}\n{"id": "\xff"}\n')
     with pytest.raises(DataError, match=r"x.jsonl:2: not valid UTF-8"):
         read_jsonl(p)
