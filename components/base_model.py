@@ -172,6 +172,20 @@ def chat_messages(prompt: str, system_prompt: str = "") -> list[dict[str, str]]:
     return msgs + [{"role": "user", "content": prompt}]
 
 
+def pad_batch(seqs: list[list[int]], pad_id: int, left: bool = False):
+    """Token-id lists -> (ids, attention_mask), both (N, longest); right-padded, or left for generation."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, cols] = torch.tensor(s, dtype=torch.long)
+        attn[i, cols] = 1
+    return ids, attn
+
+
 def bf16_supported() -> bool:
     """bf16 autocast pays off: a CUDA GPU with bf16, or a CPU with AMX tiles (Linux flags).
 

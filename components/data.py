@@ -149,3 +149,16 @@ def pairs_from_ranks(ranks: list[int]) -> list[tuple[int, int]]:
         for j in range(len(ranks))
         if ranks[i] < ranks[j]
     ]
+
+
+def next_indices(order: list[int], n_items: int, k: int, rng) -> tuple[list[int], list[int]]:
+    """The next k of ``n_items`` indices from an endless seeded shuffle: (picked, the queue left).
+
+    The queue is refilled with a fresh ``rng`` permutation whenever fewer than k remain (a new
+    epoch), so a run resumed with the same queue and RNG state draws exactly the same batches.
+    """
+    if len(order) < k:
+        more = list(range(n_items))
+        rng.shuffle(more)
+        order = order + more
+    return order[:k], order[k:]

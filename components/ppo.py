@@ -34,7 +34,8 @@ import torch
 
 from components import ppo_losses as L
 from components.config import Config, PPOConfig
-from components.data import FILES, read_jsonl, split_records
+from components.base_model import pad_batch
+from components.data import FILES, next_indices, read_jsonl, split_records
 
 VARIANTS = {"ppo": "policy", "ppo_ptx": "policy-ptx"}  # stage name -> registered model name
 
@@ -84,21 +85,11 @@ def encode_prompts(tokenizer, prompts: list[str], system_prompt: str, max_len: i
     return out, cut
 
 
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        attn[i, width - len(s):] = 1
-    return ids, attn
-
-
 @torch.no_grad()
 def rollout(policy, tokenizer, prompts: list[str], prompt_ids: list[list[int]], pc: PPOConfig, autocast) -> Rollout:
     """Sample one response per prompt with the KV cache; mask everything after the first EOS."""
     device = next(policy.parameters()).device
-    ids, attn = left_pad(prompt_ids, tokenizer.pad_token_id)
+    ids, attn = pad_batch(prompt_ids, tokenizer.pad_token_id, left=True)
     ids, attn = ids.to(device), attn.to(device)
     with autocast():
         seq = policy.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=pc.temperature,
@@ -127,28 +118,15 @@ class PretrainStream:
         self.order: list[int] = []
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if len(self.order) < self.batch_size:
-            more = list(range(len(self.ids)))
-            self.rng.shuffle(more)
-            self.order += more
-        pick, self.order = self.order[: self.batch_size], self.order[self.batch_size:]
-        return right_pad([self.ids[i] for i in pick], self.pad_id)
+        pick, self.order = next_indices(self.order, len(self.ids), self.batch_size, self.rng)
+        return pad_batch([self.ids[i] for i in pick], self.pad_id)
 
     def state_dict(self) -> dict:
         return {"order": self.order, "rng": self.rng.getstate()}
 
     def load_state_dict(self, s: dict) -> None:
-        self.order, _ = s["order"], self.rng.setstate(s["rng"])
-
-
-def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        attn[i, : len(s)] = 1
-    return ids, attn
+        self.order = s["order"]
+        self.rng.setstate(s["rng"])
 
 
 def lm_nll(model, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
@@ -211,11 +189,7 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
     for update in tqdm(range(start, pc.updates + 1), desc="ppo", unit="update", mininterval=2):
         t0 = time.time()
         # 1. rollout: the next batch_size prompts of a seeded shuffle
-        if len(order) < pc.batch_size:
-            more = list(range(len(prompts)))
-            rng.shuffle(more)
-            order += more
-        idx, order = order[: pc.batch_size], order[pc.batch_size:]
+        idx, order = next_indices(order, len(prompts), pc.batch_size, rng)
         m.policy.eval()
         ro = rollout(m.policy, tok, [prompts[i] for i in idx], [prompt_ids[i] for i in idx], pc, autocast)
         n_tokens = int(ro.mask.sum())
@@ -307,11 +281,9 @@ def _last_checkpoint(ckpt_dir: Path) -> Path | None:
 
 def _save_checkpoint(ckpt_dir: Path, update: int, keep: int, state: dict) -> None:
     """Write update-N/state.pt via a temp file (a kill mid-write keeps the previous one), prune old ones."""
-    folder = ckpt_dir / f"update-{update}"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "state.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(folder / "state.pt")
+    from components.reward import save_checkpoint
+
+    save_checkpoint(ckpt_dir / f"update-{update}" / "state.pt", state)
     for old in sorted(ckpt_dir.glob("update-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -331,7 +303,7 @@ def greedy_answers(model, tokenizer, prompts: list[str], system_prompt: str, pc:
     model.eval()
     for i in range(0, len(prompts), batch):
         ids, _ = encode_prompts(tokenizer, prompts[i: i + batch], system_prompt, pc.max_prompt_length)
-        x, attn = left_pad(ids, tokenizer.pad_token_id)
+        x, attn = pad_batch(ids, tokenizer.pad_token_id, left=True)
         dev = next(model.parameters()).device
         seq = model.generate(input_ids=x.to(dev), attention_mask=attn.to(dev), do_sample=False,
                              max_new_tokens=pc.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
@@ -345,7 +317,7 @@ def heldout_nll(model, tokenizer, texts: list[str], pc: PPOConfig) -> float:
     if not texts:
         return float("nan")
     s = PretrainStream(texts, tokenizer, pc.ptx_batch_size, pc.ptx_max_length, 0)
-    ids, attn = right_pad(s.ids, tokenizer.pad_token_id)
+    ids, attn = pad_batch(s.ids, tokenizer.pad_token_id)
     return lm_nll(model, ids, attn).item()
 
 

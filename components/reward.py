@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from components.config import Config
-from components.data import FILES, read_jsonl, split_records
+from components.data import FILES, next_indices, read_jsonl, split_records
 
 STAGE = "reward"
 PROMPT_TYPES = ("closed", "open", "unknown")
@@ -101,15 +101,12 @@ def raw_rewards(model, seqs: list[list[int]], pad_id: int, max_tokens: int = 204
     One forward pass per answer (never per pair), in length-bucketed micro-batches of right-padded
     sequences; the head reads the last token through the attention mask, not by a pad id.
     """
+    from components.base_model import pad_batch
+
     device = next(model.parameters()).device
     out: list[torch.Tensor | None] = [None] * len(seqs)
     for group in length_buckets([len(s) for s in seqs], max_tokens):
-        length = max(len(seqs[i]) for i in group)
-        ids = torch.full((len(group), length), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(group), length), dtype=torch.long)
-        for row, i in enumerate(group):
-            ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-            attn[row, : len(seqs[i])] = 1
+        ids, attn = pad_batch([seqs[i] for i in group], pad_id)
         r = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.squeeze(-1).float()
         for row, i in enumerate(group):
             out[i] = r[row]
@@ -350,11 +347,7 @@ def train(model, train_items: list[dict], rc, pad_id: int, utilities: tuple[str,
     t0, seen_answers = time.time(), 0
     for step in tqdm(range(start, total + 1), desc="reward", unit="step", mininterval=2):
         # batch: the next prompts_per_batch whole prompts of a seeded shuffle, reshuffled each epoch
-        if len(order) < rc.prompts_per_batch:
-            more = list(range(len(train_items)))
-            rng.shuffle(more)
-            order += more
-        idx, order = order[: rc.prompts_per_batch], order[rc.prompts_per_batch:]
+        idx, order = next_indices(order, len(train_items), rc.prompts_per_batch, rng)
         b = collate([train_items[i] for i in idx]).to(model.device)
         with autocast():
             r = batch_rewards(model, b, pad_id, rc.micro_batch_tokens)  # (B, K): one forward pass per answer

@@ -58,3 +58,19 @@ def test_pairs_from_ranks_ties_give_no_pair():
     # "D > C > A = B" with responses [A, B, C, D] -> ranks [2, 2, 1, 0]
     assert sorted(pairs_from_ranks([2, 2, 1, 0])) == [(2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]
     assert pairs_from_ranks([0, 0]) == []
+
+
+def test_next_indices_covers_each_epoch_once_and_resumes_identically():
+    import random
+
+    from components.data import next_indices
+
+    rng, order, seen = random.Random(0), [], []
+    for _ in range(5):  # 5 batches of 4 over 10 items: two full epochs
+        idx, order = next_indices(order, 10, 4, rng)
+        seen += idx
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
+    # a copy of (queue, rng state) continues exactly as the original
+    rng2 = random.Random()
+    rng2.setstate(rng.getstate())
+    assert next_indices(list(order), 10, 4, rng2) == next_indices(order, 10, 4, rng)
