@@ -172,6 +172,13 @@ def chat_messages(prompt: str, system_prompt: str = "") -> list[dict[str, str]]:
     return msgs + [{"role": "user", "content": prompt}]
 
 
+def chat_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
+    """The one way chat messages become token ids (the model's chat template), as a plain list."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True,
+                                        return_dict=False)
+    return ids if isinstance(ids, list) else list(ids["input_ids"])  # some tokenizers return a BatchEncoding
+
+
 def pad_batch(seqs: list[list[int]], pad_id: int, left: bool = False):
     """Token-id lists -> (ids, attention_mask), both (N, longest); right-padded, or left for generation."""
     import torch

@@ -13,6 +13,7 @@ import copy
 import difflib
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -84,20 +85,30 @@ class BaseModelConfig(Section):
     allow_pickle: bool = Field(False, description="Accept .bin (pickle) weights; off = safetensors only.")
 
 
-class TrainerSection(Section):
-    """Settings shared by the stages trained with a TRL/transformers Trainer (sft, dpo)."""
+class TrainingSchedule(Section):
+    """What every supervised training stage has: how long, how fast, how often it logs and checkpoints."""
     epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
     max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: epochs decide).")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW, linear decay).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warm-up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    batch_size: int = Field(8, ge=1, description="Sequences (sft) or pairs (dpo) per device per step.")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     max_length: int = Field(256, ge=16, description="Tokens per sequence (prompt + response); longer ones are truncated.")
     max_samples: int = Field(0, ge=0, description="Use at most this many training records (0: all).")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (TRL defaults to on; off is faster here).")
     logging_steps: int = Field(5, ge=1, description="Log every N steps.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume after a kill).")
+
+    def total_steps(self, n_train: int, per_step: int) -> int:
+        """Optimizer steps: ``max_steps`` if set, else ``epochs`` passes of ``per_step`` records a step."""
+        if self.max_steps > 0:
+            return self.max_steps
+        return max(1, math.ceil(math.ceil(n_train / per_step) * self.epochs))
+
+
+class TrainerSection(TrainingSchedule):
+    """Settings shared by the stages trained with a TRL/transformers Trainer (sft, dpo)."""
+    batch_size: int = Field(8, ge=1, description="Sequences (sft) or pairs (dpo) per device per step.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (TRL defaults to on; off is faster here).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
 
 
@@ -117,16 +128,11 @@ class DPOConfig(TrainerSection):
 UtilityName = Literal["logsigmoid", "linear", "log", "inv", "square", "inv_square"]
 
 
-class RewardConfig(Section):
+class RewardConfig(TrainingSchedule):
     """Reward model: SFT backbone + scalar head, InstructGPT K-wise loss, prompt-aware utilities."""
-    epochs: float = Field(1.0, gt=0, description="Passes over the training comparisons.")
-    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: epochs decide).")
-    lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW, linear decay).")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate of the backbone (AdamW, linear decay).")
     head_lr: float = Field(1e-3, gt=0, description="Learning rate of the new scalar head.")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warm-up.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     prompts_per_batch: int = Field(4, ge=1, description="Prompts per step; all K answers of a prompt are one batch element.")
-    max_length: int = Field(256, ge=16, description="Tokens per prompt + answer.")
     max_samples: int = Field(240, ge=0, description="Use at most this many training comparisons (0: all).")
     freeze_layers: int = Field(0, ge=0, description="Freeze the embeddings and the first N transformer layers (speed).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
@@ -137,8 +143,6 @@ class RewardConfig(Section):
     bounded: bool = Field(True, description="Downstream reward = sigmoid(r) (in (0,1), as the utilities train it); false: raw r.")
     eval_batch_size: int = Field(16, ge=1, description="Answers per forward pass when scoring (PPO, evaluation).")
     micro_batch_tokens: int = Field(2048, ge=16, description="Padded tokens per forward micro-batch (answers bucketed by length).")
-    logging_steps: int = Field(5, ge=1, description="Log every N steps.")
-    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume after a kill).")
 
     @model_validator(mode="after")
     def _utility_keys(self):

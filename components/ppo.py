@@ -73,13 +73,11 @@ class Rollout:
 
 def encode_prompts(tokenizer, prompts: list[str], system_prompt: str, max_len: int) -> tuple[list[list[int]], int]:
     """Chat-template ids ending with the assistant header, left-truncated to max_len; (ids, n_truncated)."""
-    from components.base_model import chat_messages
+    from components.base_model import chat_ids, chat_messages
 
     out, cut = [], 0
     for p in prompts:
-        ids = tokenizer.apply_chat_template(chat_messages(p, system_prompt), add_generation_prompt=True,
-                                            tokenize=True, return_dict=False)
-        ids = list(ids["input_ids"]) if not isinstance(ids, list) else ids
+        ids = chat_ids(tokenizer, chat_messages(p, system_prompt), add_generation_prompt=True)
         cut += len(ids) > max_len
         out.append(ids[-max_len:])
     return out, cut
@@ -107,12 +105,16 @@ def rollout(policy, tokenizer, prompts: list[str], prompt_ids: list[list[int]], 
 
 
 # ------------------------------------------------------------------------------------ pretraining mix
+def encode_texts(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
+    """Plain texts (no chat template) -> ids cut to max_len, each ending with EOS."""
+    return [tokenizer(t, add_special_tokens=False)["input_ids"][: max_len - 1] + [tokenizer.eos_token_id] for t in texts]
+
+
 class PretrainStream:
     """Seeded, endless batches of pretraining texts for the ptx term; its position is checkpointed."""
 
     def __init__(self, texts: list[str], tokenizer, batch_size: int, max_len: int, seed: int):
-        self.ids = [tokenizer(t, add_special_tokens=False)["input_ids"][: max_len - 1] + [tokenizer.eos_token_id]
-                    for t in texts]
+        self.ids = encode_texts(tokenizer, texts, max_len)
         self.batch_size, self.pad_id = batch_size, tokenizer.pad_token_id
         self.rng = random.Random(seed)
         self.order: list[int] = []
@@ -196,9 +198,8 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
         resp_tokens = ro.input_ids[:, ro.prompt_len:]
         with torch.no_grad(), autocast():
             # 2. score: the reward model on the decoded text, minus the missing-EOS penalty
-            score = m.scorer.score(ro.prompts, ro.responses).to(resp_tokens.device).float()
-            raw_score = score.clone()
-            score = score - pc.missing_eos_penalty * (~ro.has_eos).float()
+            raw_score = m.scorer.score(ro.prompts, ro.responses).to(resp_tokens.device).float()
+            score = raw_score - pc.missing_eos_penalty * (~ro.has_eos).float()
             # 3. KL to the frozen SFT policy, per token -> shaped rewards
             old_logp = L.logprobs_from_logits(response_logits(m.policy, ro.input_ids, ro.attention_mask, ro.prompt_len), resp_tokens)
             ref_logp = L.logprobs_from_logits(response_logits(m.ref, ro.input_ids, ro.attention_mask, ro.prompt_len), resp_tokens)
@@ -245,7 +246,7 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
                              "ptx_loss": ptx_nll.item(), **pg_stats, **vf_stats}.items():
                     stats.setdefault(k, []).append(v)
         # 6. log, then let the controller move beta towards the target KL
-        seq_kl = float(L.masked_mean((kl * ro.mask).sum(1), torch.ones_like(score, dtype=torch.bool)))
+        seq_kl = torch.where(ro.mask, kl, 0.0).sum(1).mean().item()  # KL per response, mean over the rollout
         metrics = {
             "reward": raw_score.mean().item(), "reward_with_kl": (rewards * ro.mask).sum(1).mean().item(),
             "kl": seq_kl, "kl_coef": kl_ctl.value, "response_length": ro.mask.float().sum(1).mean().item(),
@@ -316,8 +317,7 @@ def greedy_answers(model, tokenizer, prompts: list[str], system_prompt: str, pc:
 def heldout_nll(model, tokenizer, texts: list[str], pc: PPOConfig) -> float:
     if not texts:
         return float("nan")
-    s = PretrainStream(texts, tokenizer, pc.ptx_batch_size, pc.ptx_max_length, 0)
-    ids, attn = pad_batch(s.ids, tokenizer.pad_token_id)
+    ids, attn = pad_batch(encode_texts(tokenizer, texts, pc.ptx_max_length), tokenizer.pad_token_id)
     return lm_nll(model, ids, attn).item()
 
 

@@ -39,12 +39,9 @@ def encode_pair(tokenizer, prompt: str, response: str, system_prompt: str, max_l
 
     Left truncation keeps the answer's end, which is what the head reads (the last token).
     """
-    from components.base_model import chat_messages
+    from components.base_model import chat_ids, chat_messages
 
-    msgs = chat_messages(prompt, system_prompt) + [{"role": "assistant", "content": response}]
-    ids = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=False)
-    if not isinstance(ids, list):  # some tokenizers return a BatchEncoding
-        ids = list(ids["input_ids"])
+    ids = chat_ids(tokenizer, chat_messages(prompt, system_prompt) + [{"role": "assistant", "content": response}])
     return (ids[-max_length:], True) if len(ids) > max_length else (ids, False)
 
 
@@ -301,12 +298,6 @@ def autocast_for(use_bf16: bool):
     return lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
-def total_steps(rc, n_train: int) -> int:
-    if rc.max_steps > 0:
-        return rc.max_steps
-    return max(1, math.ceil(math.ceil(n_train / rc.prompts_per_batch) * rc.epochs))
-
-
 def train(model, train_items: list[dict], rc, pad_id: int, utilities: tuple[str, ...], seed: int, *,
           autocast, ckpt: Path | None = None, ckpt_key: dict | None = None, log=None) -> dict:
     """The K-wise training loop: each step takes ``prompts_per_batch`` whole prompts, runs one forward
@@ -323,7 +314,7 @@ def train(model, train_items: list[dict], rc, pad_id: int, utilities: tuple[str,
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    total = total_steps(rc, len(train_items))
+    total = rc.total_steps(len(train_items), rc.prompts_per_batch)
     head = [p for n, p in model.named_parameters() if n.startswith("score")]
     body = [p for n, p in model.named_parameters() if not n.startswith("score") and p.requires_grad]
     opt = torch.optim.AdamW([{"params": body, "lr": rc.lr}, {"params": head, "lr": rc.head_lr}],
@@ -400,7 +391,7 @@ def run(cfg: Config) -> dict:
         model.cuda()
     n_answers = sum(len(it["ids"]) for it in train_items)
     print(f"[reward] {len(train_items)} train / {len(eval_items)} eval prompts ({n_answers} answers), "
-          f"{total_steps(rc, len(train_items))} steps, utilities {dict(rc.utility)}, bf16={use_bf16}", flush=True)
+          f"{rc.total_steps(len(train_items), rc.prompts_per_batch)} steps, utilities {dict(rc.utility)}, bf16={use_bf16}", flush=True)
     ckpt = cfg.out_dir("checkpoints") / STAGE / "state.pt"
     stats = train(model, train_items, rc, tokenizer.pad_token_id, utilities, cfg.common.seed, autocast=autocast,
                   ckpt=ckpt, ckpt_key={"params_hash": cfg.section_hash(STAGE), "data_version": data_version()},

@@ -11,10 +11,7 @@ from components.config import Config, TrainerSection
 
 
 def total_steps(s: TrainerSection, n_train: int) -> int:
-    if s.max_steps > 0:
-        return s.max_steps
-    per_epoch = math.ceil(n_train / (s.batch_size * s.grad_accum))
-    return max(1, math.ceil(per_epoch * s.epochs))
+    return s.total_steps(n_train, s.batch_size * s.grad_accum)
 
 
 def trainer_kwargs(cfg: Config, s: TrainerSection, out: Path, n_train: int) -> dict:
