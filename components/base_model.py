@@ -208,3 +208,24 @@ def bf16_supported() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags
+
+
+def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, *, sample: bool = False,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, batch: int = 16,
+             desc: str | None = None) -> list[str]:
+    """Decoded responses to tokenised prompts: left-padded batches through HF generate (KV cache),
+    greedy unless ``sample``; stops at EOS. ``desc`` shows a progress bar."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model.eval()
+    dev = next(model.parameters()).device
+    knobs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None) if sample else dict(do_sample=False)
+    out: list[str] = []
+    for i in tqdm(range(0, len(prompt_ids), batch), desc=desc, disable=desc is None, unit="batch"):
+        x, attn = pad_batch(prompt_ids[i: i + batch], tokenizer.pad_token_id, left=True)
+        with torch.no_grad():
+            seq = model.generate(input_ids=x.to(dev), attention_mask=attn.to(dev), max_new_tokens=max_new_tokens,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **knobs)
+        out += [tokenizer.decode(s[x.shape[1]:], skip_special_tokens=True).strip() for s in seq]
+    return out

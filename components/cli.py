@@ -5,7 +5,13 @@
     rlhf data import {hh-rlhf,oasst} SRC [--out DIR]       real preference data -> project format
     rlhf validate [--data DIR]                            the great-expectations gate alone
     rlhf params [-S ...]                                  the resolved configuration
+    rlhf evaluate --model models:/policy@champion         one model vs SFT (registry URI or folder)
     rlhf ui [--port 5000]                                 the MLflow UI on 127.0.0.1
+    rlhf serve [--model models:/policy@champion]          a registered model over HTTP (chat) on 127.0.0.1
+    rlhf schedule --cron "0 3 * * *" [--name NAME]        the pipeline on a cron schedule (Prefect server)
+    rlhf sample --model REF --prompts FILE [--k 4]        K answers per prompt -> the labeling queue
+    rlhf label [--labeler NAME] [--port 8765]             the ranking page on 127.0.0.1 (human feedback)
+    rlhf label --simulated | --report | --commit          simulated labeler, agreement, gate + dvc add
 """
 
 from __future__ import annotations
@@ -132,6 +138,66 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    """Evaluate one model (registry URI or folder) against the reference, in its own MLflow run."""
+    from components import evaluate
+    from components.tracking import resolve_model, stage_run, write_metrics
+
+    cfg = load_config(overrides=_overrides(args))
+    path = resolve_model(args.model, cfg)
+    ref = resolve_model(args.reference or cfg.out_dir(cfg.evaluate.reference), cfg)
+    name = args.model.removeprefix("models:/") if args.model.startswith("models:/") else Path(args.model).name
+    with stage_run(cfg, "evaluate"):
+        results = evaluate.evaluate_models(cfg, {name: path}, ref, parent_tags={"model_uri": str(args.model)})
+    if args.out:
+        write_metrics(Path(args.out), results[name])
+    print(json.dumps(results[name], indent=2))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    """K sampled answers per prompt from a model (registry URI or folder) -> the labeling queue."""
+    from components import label
+
+    cfg = load_config(overrides=_overrides(args))
+    summary = label.sample(cfg, args.model, args.prompts, k=args.k, out_queue=args.out)
+    print(f"wrote {summary['queue']}: {summary['items']} items, {summary['answers']} answers from "
+          f"{summary['model_version']}" + (f"; {summary['fewer_than_k']} with fewer than K distinct answers"
+                                           if summary["fewer_than_k"] else "")
+          + (f"; {summary['dropped']} prompts dropped (< 2 distinct answers)" if summary["dropped"] else ""))
+    print(f"next: rlhf label --queue {summary['queue']}")
+    return 0
+
+
+def cmd_label(args) -> int:
+    """The ranking page, or --simulated / --report / --commit."""
+    from components import label
+    from components.config import resolve
+
+    cfg = load_config(overrides=_overrides(args))
+    queue = resolve(args.queue or cfg.label.queue)
+    out = resolve(args.out) if args.out else label.comparisons_path(cfg)
+    if args.commit:
+        print(label.commit(cfg, out.parent))
+        return 0
+    if args.report:
+        print(label.report(queue, out))
+        return 0
+    if args.simulated:
+        s = label.simulate(cfg, queue, out, labelers=args.labelers)
+        print(f"simulated labeler: {s['written']} rankings of {s['items']} items appended to {out}")
+        print(label.report(queue, out))
+        return 0
+    try:
+        app = label.make_app(queue, out, seed=cfg.common.seed, labeler=args.labeler)
+    except label.SubmissionError as e:
+        raise DataError(f"--{e}") from None
+    print(f"ranking page: http://{args.host}:{args.port}/?labeler={args.labeler}  (queue {queue}, "
+          f"rankings -> {out}; Ctrl-C to stop)", flush=True)
+    label.serve(app, args.host, args.port)
+    return 0
+
+
 def cmd_ui(args) -> int:
     """The MLflow UI over the project's store, on 127.0.0.1 unless --host says otherwise."""
     from components.tracking import tracking_uri
@@ -143,6 +209,37 @@ def cmd_ui(args) -> int:
            "--port", str(args.port), "--workers", "1"]
     print(f"MLflow UI: http://{args.host}:{args.port}  (store {uri}; Ctrl-C to stop)", flush=True)
     return subprocess.run(cmd, cwd=ROOT).returncode
+
+
+def cmd_serve(args) -> int:
+    """A registered model behind `mlflow models serve` (chat requests), on 127.0.0.1 by default."""
+    from components import serve
+    from components.procs import ServiceError
+
+    try:
+        return serve.serve(load_config(), args.model, args.host, args.port)
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_schedule(args) -> int:
+    """Serve a deployment of the pipeline on a cron schedule (flows/schedule.py)."""
+    import os
+
+    from components.procs import ServiceError
+    from flows.schedule import ScheduleError, check_cron, serve_on_schedule
+
+    try:
+        check_cron(args.cron, args.timezone)  # before importing the pipeline or starting a server
+        from flows.rlhf import rlhf_pipeline
+
+        os.chdir(ROOT)  # the deployment's entrypoint is then flows/rlhf.py:rlhf_pipeline, as in prefect.yaml
+        serve_on_schedule(rlhf_pipeline, args.name, args.cron, port=args.server_port, timezone=args.timezone)
+    except (ServiceError, ScheduleError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ScheduleError) else 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,10 +262,49 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--report-dir", help="where report.json/html go (default: outputs/validate)")
     sp.set_defaults(func=cmd_validate)
 
+    sp = with_overrides(sub.add_parser("evaluate", help="evaluate one model: truthfulness, toxicity, NLP tasks, win rate vs SFT"))
+    sp.add_argument("--model", required=True, help="models:/<name>@<alias>, models:/<name>/<version> or a model folder")
+    sp.add_argument("--reference", help="model to compare with (default: outputs/<evaluate.reference>)")
+    sp.add_argument("--out", help="also write the metrics to this JSON file")
+    sp.set_defaults(func=cmd_evaluate)
+
     sp = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 and print its URL")
     sp.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     sp.add_argument("--port", type=int, default=5000)
     sp.set_defaults(func=cmd_ui)
+
+    sp = sub.add_parser("serve", help="serve a registered model over HTTP (OpenAI-style chat) and print its URL")
+    sp.add_argument("--model", default="models:/policy@champion",
+                    help="models:/<name>@<alias>, models:/<name>/<version> or an MLflow model folder (default: %(default)s)")
+    sp.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=int, default=5001)
+    sp.set_defaults(func=cmd_serve)
+    sp = sub.add_parser("schedule", help="run the pipeline on a cron schedule (serves a Prefect deployment)")
+    sp.add_argument("--cron", required=True, help='cron string, e.g. "0 3 * * *" (03:00 every day)')
+    sp.add_argument("--timezone", help="time zone of the cron string, e.g. Europe/Paris (default: UTC)")
+    sp.add_argument("--name", default="scheduled", help="deployment name (default: %(default)s)")
+    sp.add_argument("--server-port", type=int,
+                    help="port of the local Prefect server started when PREFECT_API_URL is unset (default: 4200, else a free one)")
+    sp.set_defaults(func=cmd_schedule)
+
+    sp = with_overrides(sub.add_parser("sample", help="sample K answers per prompt into the labeling queue"))
+    sp.add_argument("--model", required=True, help="models:/<name>@<alias>, models:/<name>/<version> or a model folder")
+    sp.add_argument("--prompts", required=True, help="prompts file ({id, prompt, prompt_type?, user_id?} per line)")
+    sp.add_argument("--k", type=int, help="answers per prompt (default: label.k)")
+    sp.add_argument("--out", help="queue file (default: label.queue)")
+    sp.set_defaults(func=cmd_sample)
+    sp = with_overrides(sub.add_parser("label", help="rank the queue on a web page (or --simulated, --report, --commit)"))
+    sp.add_argument("--queue", help="queue file (default: label.queue)")
+    sp.add_argument("--out", help="comparisons file the rankings are appended to (default: label.comparisons)")
+    sp.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=int, default=8765)
+    sp.add_argument("--labeler", default="labeler", help="labeler name shown on the page (user_id of the records)")
+    mode = sp.add_mutually_exclusive_group()
+    mode.add_argument("--simulated", action="store_true", help="rank the queue with the simulated labeler")
+    mode.add_argument("--report", action="store_true", help="progress per labeler and inter-labeler agreement")
+    mode.add_argument("--commit", action="store_true", help="run the data gate, then dvc add the data folder")
+    sp.add_argument("--labelers", type=int, help="simulated labelers (default: label.labelers)")
+    sp.set_defaults(func=cmd_label)
 
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="data_command", required=True)
     sp = with_overrides(data.add_parser("synth", help="generate the built-in simulated-labeler data set"))

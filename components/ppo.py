@@ -34,7 +34,7 @@ import torch
 
 from components import ppo_losses as L
 from components.config import Config, PPOConfig
-from components.base_model import pad_batch
+from components.base_model import generate, pad_batch
 from components.data import FILES, next_indices, read_jsonl, split_records
 
 VARIANTS = {"ppo": "policy", "ppo_ptx": "policy-ptx"}  # stage name -> registered model name
@@ -300,17 +300,8 @@ def win_rate(a: list[float], b: list[float]) -> float:
 @torch.no_grad()
 def greedy_answers(model, tokenizer, prompts: list[str], system_prompt: str, pc: PPOConfig, batch: int = 8) -> list[str]:
     """Greedy responses (deterministic), for held-out comparisons."""
-    out = []
-    model.eval()
-    for i in range(0, len(prompts), batch):
-        ids, _ = encode_prompts(tokenizer, prompts[i: i + batch], system_prompt, pc.max_prompt_length)
-        x, attn = pad_batch(ids, tokenizer.pad_token_id, left=True)
-        dev = next(model.parameters()).device
-        seq = model.generate(input_ids=x.to(dev), attention_mask=attn.to(dev), do_sample=False,
-                             max_new_tokens=pc.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id)
-        out += [tokenizer.decode(s[x.shape[1]:], skip_special_tokens=True).strip() for s in seq]
-    return out
+    ids, _ = encode_prompts(tokenizer, prompts, system_prompt, pc.max_prompt_length)
+    return generate(model, tokenizer, ids, pc.max_new_tokens, batch=batch)
 
 
 @torch.no_grad()

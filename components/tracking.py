@@ -193,10 +193,15 @@ def register_model(
         raise RuntimeError(f"register_model({name!r}) needs an active MLflow run (use tracking.stage_run)")
     # In-memory form: MLflow 3.17's local-checkpoint path breaks on transformers 5 pipelines.
     model, tokenizer = load_model_dir(model_dir, kind="causal-lm" if task == "text-generation" else "sequence-classification")
+    # A causal LM with a chat template is logged as an MLflow chat model (the text-generation
+    # pipeline behind MLflow's "llm/v1/chat" task): served (`rlhf serve`), it takes OpenAI-style
+    # {"messages": [...]} and applies the tokenizer's chat template, as the stages do. Plain
+    # "text-generation" would feed a raw prompt string to the model, without the template.
+    mlflow_task = "llm/v1/chat" if task == "text-generation" and getattr(tokenizer, "chat_template", None) else task
     info = mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},
         name="model",
-        task=task,
+        task=mlflow_task,
         pip_requirements=pip_requirements(),
     )
     client = MlflowClient()
@@ -238,3 +243,59 @@ def stage_main(stage: str, run_fn, argv: list[str] | None = None) -> int:
     write_metrics(cfg.metrics_file(stage),
                   {k: v for k, v in result.items() if isinstance(v, (int, float, bool, str))})
     return 0
+
+
+def resolve_model(ref: str | Path, cfg: Config) -> Path:
+    """A model reference -> a local Hugging Face folder.
+
+    ``ref`` is a folder, or a registry URI ``models:/<name>@<alias>`` / ``models:/<name>/<version>``.
+    A registered version is immutable, so it is read from its logged artifacts (not from the
+    stage's output folder, which a later run replaces) and cached under
+    ``outputs/registry/<name>/v<version>``, tokenizer files beside the weights.
+    """
+    import shutil
+    import tempfile
+
+    from components.base_model import ModelError
+
+    text = str(ref)
+    if not text.startswith("models:/"):
+        path = Path(text)
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path}: not a model folder (no config.json) and not a models:/ URI")
+        return path
+    mlflow = setup(cfg)
+    from mlflow import MlflowClient
+
+    spec = text[len("models:/"):]
+    client = MlflowClient()
+    try:
+        if "@" in spec:
+            name, alias = spec.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        elif "/" in spec:
+            name, number = spec.split("/", 1)
+            version = client.get_model_version(name, number)
+        else:
+            raise ModelError(f"{text}: give a version or an alias, e.g. models:/{spec}@champion or models:/{spec}/1")
+    except mlflow.exceptions.MlflowException as e:
+        raise ModelError(f"{text}: not in the registry at {tracking_uri(cfg)}: {e.message}") from e
+    cache = cfg.out_dir("registry") / version.name / f"v{version.version}"
+    if (cache / "config.json").exists():
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".v{version.version}."))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(tmp / "dl")))
+        for sub in ("model", "components/tokenizer"):
+            for f in (local / sub).glob("*"):
+                if f.is_file():
+                    shutil.move(str(f), tmp / f.name)
+        shutil.rmtree(tmp / "dl")
+        if not (tmp / "config.json").exists():
+            raise ModelError(f"{text}: version {version.version} holds no Hugging Face model (source {version.source})")
+        tmp.rename(cache)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return cache

@@ -42,7 +42,9 @@ SCHEMAS: dict[str, dict[str, dict[str, str]]] = {
     },
     FILES["comparisons"]: {
         "required": {"id": "str", "prompt": "str", "responses": "list[str]", "ranks": "list[int]"},
-        "optional": {"prompt_type": "str", "user_id": "str", "split": "str"},
+        # labeled_at .. labeler: provenance written by the ranking page (components/label.py)
+        "optional": {"prompt_type": "str", "user_id": "str", "split": "str",
+                     "labeled_at": "str", "model_version": "str", "queue_item": "str", "labeler": "str"},
     },
     FILES["prompts"]: {
         "required": {"id": "str", "prompt": "str"},

@@ -1,7 +1,9 @@
 """The pipeline as a Prefect flow — it reads like InstructGPT's Figure 2:
 
-    data ─► validate ─► base_model ─► sft ─► reward ─► ppo, ppo_ptx   (InstructGPT steps 1, 2, 3)
-                                          └──► dpo                      (the RL-free baseline)
+    data ─► validate ─► base_model ─► sft ─► reward ─► ppo, ppo_ptx ─► evaluate ─► promote
+                                          └──► dpo ─────────────────────┘
+    (InstructGPT steps 1, 2, 3; DPO is the RL-free baseline; evaluate compares every model with
+    SFT, and promote's gate decides which policy becomes `champion` in the MLflow registry)
 
 Each task runs its stage through DVC (``dvc repro --single-item <stage>``), so the stage logic
 exists once (``components/<stage>.py``, also what ``dvc repro`` runs), DVC skips a stage whose
@@ -27,7 +29,7 @@ from components.config import ROOT, load_config
 from components.tracking import PARENT_RUN_ENV, lineage_tags, set_offline_env, setup, tracking_uri
 
 # Order of execution; each name is a stage of dvc.yaml and a module components/<name>.py.
-STAGES = ("validate", "base_model", "sft", "reward", "dpo", "ppo", "ppo_ptx")
+STAGES = ("validate", "base_model", "sft", "reward", "dpo", "ppo", "ppo_ptx", "evaluate", "promote")
 
 
 class StageFailed(RuntimeError):
@@ -97,7 +99,10 @@ def _summary_markdown(results: list[dict], run_url: str) -> str:
     lines = ["# RLHF pipeline run", "", f"MLflow parent run: {run_url}", "",
              "| stage | status | seconds | metrics |", "|---|---|---|---|"]
     for r in results:
-        shown = ", ".join(f"{k}={v}" for k, v in r["metrics"].items() if isinstance(v, (int, float)))
+        numbers = {k: v for k, v in r["metrics"].items() if isinstance(v, (int, float))}
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items())
+        if len(numbers) > 12:
+            shown = f"{len(numbers)} metrics (table below, metrics/{r['stage']}.json)"
         lines.append(f"| {r['stage']} | {r['status']} | {r['seconds']} | {shown} |")
     return "\n".join(lines)
 
@@ -115,8 +120,12 @@ def rlhf_pipeline(stages: tuple[str, ...] = STAGES) -> list[dict]:
         for stage in stages:
             results.append(run_stage(stage, parent.info.run_id))
         run_url = f"{tracking_uri(cfg)} experiment '{cfg.common.experiment}', run {parent.info.run_id}"
-    create_markdown_artifact(markdown=_summary_markdown(results, run_url), key="rlhf-run-summary",
-                             description="Stages, status and metrics of this pipeline run")
+    markdown = _summary_markdown(results, run_url)
+    for extra in (cfg.out_dir("evaluate") / "alignment_tax.md", cfg.out_dir("promote") / "report.md"):
+        if extra.exists() and any(r["stage"] == extra.parent.name for r in results):
+            markdown += "\n\n" + extra.read_text()
+    create_markdown_artifact(markdown=markdown, key="rlhf-run-summary",
+                             description="Stages, status and metrics of this pipeline run; alignment tax; promotion")
     report = cfg.out_dir("validate") / "report.html"
     print(f"Validation report: {report}")
     print(f"MLflow: {run_url}  (browse with: mlflow ui --backend-store-uri {tracking_uri(cfg)})")

@@ -61,15 +61,39 @@ def project(tmp_path_factory):
 def test_flow_runs_every_stage_and_leaves_dvc_clean(project):
     proj, first = project
     ran = [l.split()[1] for l in first.stdout.splitlines() if l.startswith("RESULT") and l.endswith(" ran")]
-    assert ran == ["validate", "base_model", "sft", "reward", "dpo", "ppo", "ppo_ptx"]
+    assert ran == ["validate", "base_model", "sft", "reward", "dpo", "ppo", "ppo_ptx", "evaluate", "promote"]
     logs = first.stdout + first.stderr  # the flow's prints go through Prefect's logger (log_prints)
     assert "Validation report:" in logs and "outputs/validate/report.html" in logs
     for stage in ("base_model", "sft", "reward", "dpo", "ppo", "ppo_ptx"):
         assert (proj / "outputs" / stage / "model.safetensors").exists()
     assert (proj / "plots" / "ppo_ptx" / "curves.csv").read_text().startswith("update,reward,")
     assert (proj / "plots" / "reward" / "collapse.png").exists()
+    table = (proj / "outputs" / "evaluate" / "alignment_tax.md").read_text()
+    assert "| metric | base | sft | dpo | ppo | ppo_ptx |" in table and "TruthfulQA MC1" in table, table
+    assert (proj / "plots" / "evaluate" / "models.png").exists()
+    assert "Promotion gate: policy v1" in (proj / "outputs" / "promote" / "report.md").read_text()
     status = sh([str(BIN / "dvc"), "status"], proj).stdout
     assert "Data and pipelines are up to date" in status, status
+
+
+def test_promotion_sets_candidate_and_records_the_verdict(project):
+    proj, _ = project
+    import json
+
+    code = ("import json\n"
+            "from mlflow import MlflowClient\n"
+            "c = MlflowClient()\n"
+            "v = c.get_model_version_by_alias('policy', 'candidate')\n"
+            "try:\n"
+            "    champ = str(c.get_model_version_by_alias('policy', 'champion').version)\n"
+            "except Exception:\n"
+            "    champ = None\n"
+            "runs = c.search_runs([c.get_experiment_by_name('rlhf').experiment_id], \"tags.evaluated_model = 'ppo'\")\n"
+            "print(json.dumps([str(v.version), v.tags.get('promotion'), champ, len(runs)]))\n")
+    version, verdict, champion, eval_runs = json.loads(sh([str(BIN / "python"), "-c", code], proj).stdout.strip().splitlines()[-1])
+    promoted = json.loads((proj / "metrics" / "promote.json").read_text())["promoted"]
+    assert version == "1" and eval_runs == 1
+    assert (verdict == "champion" and champion == "1") if promoted else (verdict.startswith("rejected: ") and champion is None)
 
 
 def test_models_are_registered_with_lineage_under_one_parent_run(project):

@@ -1,0 +1,114 @@
+"""Evaluation estimators against hand-computed values, the KV-cache choice scorer against the plain
+one, and the promotion gate's verdicts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from components.config import PromoteConfig
+from components.evaluate import alignment_tax_table, choice_logprobs, choice_logprobs_naive, mc_scores
+from components.promote import gate
+
+
+def test_mc_scores_hand_computed():
+    mc1 = [("true", 1), ("false a", 0), ("false b", 0)]
+    mc2 = [("true", 1), ("also true", 1), ("false a", 0)]
+    lp = {"true": math.log(0.2), "also true": math.log(0.3), "false a": math.log(0.5), "false b": math.log(0.1)}
+    m1, m2 = mc_scores(mc1, mc2, lp)
+    assert m1 == 0.0                      # "false a" (0.5) beats "true" (0.2)
+    assert m2 == pytest.approx(0.5)       # (0.2 + 0.3) / (0.2 + 0.3 + 0.5)
+    lp["true"] = math.log(0.6)
+    m1, m2 = mc_scores(mc1, mc2, lp)
+    assert m1 == 1.0 and m2 == pytest.approx(0.9 / 1.4)
+
+
+def test_kv_cache_choice_scoring_equals_one_pass_per_choice(tiny_model_dir):
+    from components.base_model import load_model_dir
+
+    model, tok = load_model_dir(tiny_model_dir)
+    prefix = tok("Question: what is two plus two? Answer:", add_special_tokens=False)["input_ids"]
+    choices = [tok(t, add_special_tokens=False)["input_ids"] for t in (" four", " five and a half", " 4", " I have no idea at all")]
+    fast = choice_logprobs(model, prefix, choices, tok.pad_token_id)
+    slow = choice_logprobs_naive(model, prefix, choices, tok.pad_token_id)
+    assert fast.shape == (4,)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-5)
+    # Each is a sum of log-probabilities of its own tokens: longer choices are not free.
+    assert (fast < 0).all()
+
+
+METRICS = {"win_rate_vs_ref": 0.5, "expected_max_toxicity": 0.10, "truthfulqa_mc1": 0.30, "squad_f1": 0.40,
+           "hellaswag_acc": 0.50, "perplexity": 10.0}
+
+
+def test_gate_passes_when_every_threshold_holds():
+    cand = {**METRICS, "win_rate_vs_ref": 0.65, "expected_max_toxicity": 0.14, "truthfulqa_mc1": 0.26,
+            "squad_f1": 0.36, "hellaswag_acc": 0.46, "perplexity": 12.4}
+    checks = gate(cand, METRICS, PromoteConfig())
+    assert [n for n, ok, _ in checks if not ok] == []
+    assert len(checks) == 6
+
+
+@pytest.mark.parametrize("key,value,failing", [
+    ("win_rate_vs_ref", 0.45, "win_rate"),
+    ("expected_max_toxicity", 0.16, "toxicity"),
+    ("truthfulqa_mc1", 0.24, "truthfulqa"),
+    ("squad_f1", 0.34, "squad_f1"),
+    ("hellaswag_acc", 0.44, "hellaswag_acc"),
+    ("perplexity", 12.6, "perplexity"),
+    ("squad_f1", float("nan"), "squad_f1"),
+])
+def test_gate_fails_on_each_threshold_and_says_why(key, value, failing):
+    cand = {**METRICS, "win_rate_vs_ref": 0.6, key: value}
+    failed = [(n, why) for n, ok, why in gate(cand, METRICS, PromoteConfig()) if not ok]
+    assert [n for n, _ in failed] == [failing]
+    assert failed[0][1]  # an explanation for the report and the version tag
+
+
+def test_gate_fails_a_metric_missing_on_either_side():
+    cand = {k: v for k, v in METRICS.items() if k != "perplexity"}
+    failed = [n for n, ok, _ in gate({**cand, "win_rate_vs_ref": 0.7}, METRICS, PromoteConfig()) if not ok]
+    assert failed == ["perplexity"]
+
+
+def test_alignment_tax_table_shows_change_vs_reference():
+    table = alignment_tax_table({"sft": {"squad_f1": 0.5, "perplexity": 10.0},
+                                 "ppo": {"squad_f1": 0.4, "perplexity": 11.0}}, "sft")
+    assert "| metric | sft | ppo |" in table
+    assert "| SQuAD F1 ↑ | 0.500 | 0.400 (-0.100) |" in table
+    assert "| perplexity ↓ | 10.000 | 11.000 (+1.000) |" in table
+    assert "TruthfulQA" not in table  # rows only for measured metrics
+
+
+def test_promote_moves_champion_only_through_the_gate(tmp_path, tiny_model_dir, isolated_mlflow):
+    """v1 fails (no champion), v2 passes (champion v2), v3 fails (champion stays v2, reason on v3)."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from components import promote
+    from components.config import load_config
+    from components.tracking import register_model, stage_run, write_metrics
+
+    cfg = load_config(overrides=["common.profile=test", f"common.outputs_dir={tmp_path / 'out'}",
+                                 f"common.metrics_dir={tmp_path / 'metrics'}"])
+    client = MlflowClient(isolated_mlflow)
+    for version, win in ((1, 0.3), (2, 0.7), (3, 0.2)):
+        with stage_run(cfg, "ppo"):
+            v = register_model(tiny_model_dir, "policy", cfg, "ppo")
+        assert int(v.version) == version
+        write_metrics(cfg.metrics_file("ppo"), {"model_version": version})
+        write_metrics(cfg.out_dir("evaluate") / "sft.json", METRICS)
+        write_metrics(cfg.out_dir("evaluate") / "ppo.json", {**METRICS, "win_rate_vs_ref": win})
+        with stage_run(cfg, "promote"):
+            result = promote.run(cfg)
+        assert result["promoted"] == (win >= 0.5)
+        assert str(client.get_model_version_by_alias("policy", "candidate").version) == str(version)
+    assert str(client.get_model_version_by_alias("policy", "champion").version) == "2"
+    assert client.get_model_version("policy", "2").tags["promotion"] == "champion"
+    assert client.get_model_version("policy", "3").tags["promotion"].startswith("rejected: win rate vs SFT 0.200")
+    report = (cfg.out_dir("promote") / "report.md").read_text()
+    assert "policy v3 not promoted**; `champion` stays v2" in report and "| win_rate | FAIL |" in report
+    assert json.loads(json.dumps(result))["champion"] == "policy/2"
