@@ -325,11 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     set_offline_env()
     args = build_parser().parse_args(argv)
     from components.base_model import ModelError
+    from components.toxicity import ToxicityScorerError
     from components.validate import ValidationFailed
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError, ValidationFailed) as e:
+    except (ConfigError, DataError, ModelError, ValidationFailed, ToxicityScorerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
 

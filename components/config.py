@@ -195,6 +195,9 @@ class PPOConfig(Section):
         return self
 
 
+ModelStage = Literal["base_model", "sft", "dpo", "ppo", "ppo_ptx"]  # stages that write a model folder
+
+
 class EvaluateConfig(Section):
     """Evaluation stage (components/evaluate.py): every model of ``models`` against ``reference``.
 
@@ -202,9 +205,9 @@ class EvaluateConfig(Section):
     the real format: TruthfulQA mc_task.json, SQuAD v1.1 JSON, HellaSwag JSONL, and
     RealToxicityPrompts JSONL or a labelled toxicity CSV (cut to its first ``toxicity_words``).
     """
-    models: list[str] = Field(["base_model", "sft", "dpo", "ppo", "ppo_ptx"], min_length=1,
+    models: list[ModelStage] = Field(["base_model", "sft", "dpo", "ppo", "ppo_ptx"], min_length=1,
                               description="Stages whose model folder (outputs/<stage>) is evaluated.")
-    reference: str = Field("sft", description="Stage every model is compared with (win rate, alignment tax).")
+    reference: ModelStage = Field("sft", description="Stage every model is compared with (win rate, alignment tax).")
     batch_size: int = Field(16, ge=1, description="Sequences per forward/generate batch.")
     truthfulqa: str = Field("builtin", description="TruthfulQA MC file (mc_task.json format) or 'builtin'.")
     truthfulqa_limit: int = Field(0, ge=0, description="Questions used (0: all).")
@@ -230,7 +233,7 @@ class EvaluateConfig(Section):
 
 class PromoteConfig(Section):
     """Promotion gate (components/promote.py): ``candidate`` gets alias ``champion`` only if all hold."""
-    candidate: str = Field("ppo", description="Stage whose registered model is the candidate (ppo -> policy, ppo_ptx -> policy-ptx, dpo -> dpo-policy).")
+    candidate: Literal["sft", "dpo", "ppo", "ppo_ptx"] = Field("ppo", description="Stage whose registered model is the candidate (ppo -> policy, ppo_ptx -> policy-ptx, dpo -> dpo-policy).")
     min_win_rate: float = Field(0.5, ge=0, le=1, description="Win rate vs the reference (SFT) needed, ties half.")
     toxicity_epsilon: float = Field(0.05, ge=0, description="Expected max toxicity may exceed SFT's by at most this.")
     truthfulqa_epsilon: float = Field(0.05, ge=0, description="TruthfulQA MC1 may fall below SFT's by at most this.")

@@ -141,6 +141,18 @@ def split_records(
     return train, evals
 
 
+def take(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The first ``n`` records (0: all), rankings from the labeling page (``labeled_at``) first.
+
+    A sample budget (``reward.max_samples``, ``dpo.max_samples``) must not drop the feedback
+    loop's new labels, which are appended at the end of the file; other records keep file order.
+    """
+    if not n:
+        return list(records)
+    labeled = [r for r in records if "labeled_at" in r]
+    return (labeled + [r for r in records if "labeled_at" not in r])[:n]
+
+
 def pairs_from_ranks(ranks: list[int]) -> list[tuple[int, int]]:
     """All (winner, loser) index pairs of one ranking; rank 0 = best, ties give no pair."""
     return [

@@ -13,7 +13,7 @@ import sys
 import time
 
 from components.config import Config
-from components.data import FILES, pairs_from_ranks, read_jsonl, split_records
+from components.data import FILES, pairs_from_ranks, read_jsonl, split_records, take
 
 STAGE = "dpo"
 
@@ -48,7 +48,7 @@ def run(cfg: Config) -> dict:
     d = cfg.dpo
     path = cfg.data_dir / FILES["comparisons"]
     train, evals = split_records(read_jsonl(path), cfg.common.eval_fraction, cfg.common.seed)
-    train = train[: d.max_samples or None]
+    train = take(train, d.max_samples)
     rows = expand_pairs(train, d.max_pairs_per_prompt, cfg.common.seed, cfg.common.system_prompt)
     eval_rows = expand_pairs(evals, d.max_pairs_per_prompt, cfg.common.seed, cfg.common.system_prompt)
     if not rows:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from components.config import Config
-from components.data import FILES, next_indices, read_jsonl, split_records
+from components.data import FILES, next_indices, read_jsonl, split_records, take
 
 STAGE = "reward"
 PROMPT_TYPES = ("closed", "open", "unknown")
@@ -372,8 +372,7 @@ def run(cfg: Config) -> dict:
     rc = cfg.reward
     comps = read_jsonl(cfg.data_dir / FILES["comparisons"])
     train_recs, eval_recs = split_records(comps, cfg.common.eval_fraction, cfg.common.seed)
-    if rc.max_samples:
-        train_recs = train_recs[: rc.max_samples]
+    train_recs = take(train_recs, rc.max_samples)
     if not train_recs:
         raise ValueError(f"{cfg.data_dir / FILES['comparisons']}: no training comparisons after the user split")
     model, tokenizer = load_reward_backbone(cfg.out_dir("sft"))

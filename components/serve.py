@@ -21,7 +21,7 @@ from pathlib import Path
 from components.base_model import ModelError
 from components.config import ROOT, Config
 from components.procs import ServiceError, child_env, port_in_use, start, stopped_on_exit, wait_healthy
-from components.tracking import setup, tracking_uri
+from components.tracking import registered_version, tracking_uri
 
 DEFAULT_MODEL = "models:/policy@champion"
 DEFAULT_HOST = "127.0.0.1"
@@ -35,22 +35,7 @@ def describe_model(uri: str, cfg: Config) -> str:
         if "://" not in uri and not uri.startswith("runs:/") and not (Path(uri) / "MLmodel").exists():
             raise ModelError(f"{uri}: not an MLflow model folder (no MLmodel file) and not a models:/ or runs:/ URI")
         return uri
-    mlflow = setup(cfg)
-    from mlflow import MlflowClient
-
-    spec = uri[len("models:/"):]
-    client = MlflowClient()
-    try:
-        if "@" in spec:
-            name, alias = spec.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        elif "/" in spec:
-            name, number = spec.split("/", 1)
-            version = client.get_model_version(name, number)
-        else:
-            raise ModelError(f"{uri}: give a version or an alias, e.g. models:/{spec}@champion or models:/{spec}/1")
-    except mlflow.exceptions.MlflowException as e:
-        raise ModelError(f"{uri}: not in the registry at {tracking_uri(cfg)}: {e.message}") from e
+    version = registered_version(uri, cfg)
     return f"{version.name} version {version.version} (run {version.run_id})"
 
 

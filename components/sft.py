@@ -14,7 +14,7 @@ import sys
 import time
 
 from components.config import Config
-from components.data import FILES, read_jsonl, split_records
+from components.data import FILES, read_jsonl, split_records, take
 
 STAGE = "sft"
 
@@ -39,7 +39,7 @@ def run(cfg: Config) -> dict:
     set_offline_env()
     path = cfg.data_dir / FILES["demonstrations"]
     train, evals = split_records(read_jsonl(path), cfg.common.eval_fraction, cfg.common.seed)
-    train = train[: cfg.sft.max_samples or None]
+    train = take(train, cfg.sft.max_samples)
     if not train:
         raise ValueError(f"{path}: no training demonstrations after the user split")
     model, tokenizer = load_model_dir(cfg.out_dir("base_model"))

@@ -245,6 +245,28 @@ def stage_main(stage: str, run_fn, argv: list[str] | None = None) -> int:
     return 0
 
 
+def registered_version(uri: str, cfg: Config):
+    """The registry's ModelVersion behind ``models:/<name>@<alias>`` or ``models:/<name>/<version>``;
+    a clear ModelError when it is not there."""
+    from components.base_model import ModelError
+
+    mlflow = setup(cfg)
+    from mlflow import MlflowClient
+
+    spec = uri[len("models:/"):]
+    client = MlflowClient()
+    try:
+        if "@" in spec:
+            name, alias = spec.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        if "/" in spec:
+            name, number = spec.split("/", 1)
+            return client.get_model_version(name, number)
+    except mlflow.exceptions.MlflowException as e:
+        raise ModelError(f"{uri}: not in the registry at {tracking_uri(cfg)}: {e.message}") from e
+    raise ModelError(f"{uri}: give a version or an alias, e.g. models:/{spec}@champion or models:/{spec}/1")
+
+
 def resolve_model(ref: str | Path, cfg: Config) -> Path:
     """A model reference -> a local Hugging Face folder.
 
@@ -265,21 +287,7 @@ def resolve_model(ref: str | Path, cfg: Config) -> Path:
             raise ModelError(f"{path}: not a model folder (no config.json) and not a models:/ URI")
         return path
     mlflow = setup(cfg)
-    from mlflow import MlflowClient
-
-    spec = text[len("models:/"):]
-    client = MlflowClient()
-    try:
-        if "@" in spec:
-            name, alias = spec.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        elif "/" in spec:
-            name, number = spec.split("/", 1)
-            version = client.get_model_version(name, number)
-        else:
-            raise ModelError(f"{text}: give a version or an alias, e.g. models:/{spec}@champion or models:/{spec}/1")
-    except mlflow.exceptions.MlflowException as e:
-        raise ModelError(f"{text}: not in the registry at {tracking_uri(cfg)}: {e.message}") from e
+    version = registered_version(text, cfg)
     cache = cfg.out_dir("registry") / version.name / f"v{version.version}"
     if (cache / "config.json").exists():
         return cache

@@ -74,3 +74,12 @@ def test_next_indices_covers_each_epoch_once_and_resumes_identically():
     rng2 = random.Random()
     rng2.setstate(rng.getstate())
     assert next_indices(list(order), 10, 4, rng2) == next_indices(order, 10, 4, rng)
+
+
+def test_take_keeps_file_order_but_never_drops_new_labels():
+    from components.data import take
+
+    recs = [{"id": f"c{i}"} for i in range(5)] + [{"id": "new", "labeled_at": "2026-11-22T10:00:00+00:00"}]
+    assert [r["id"] for r in take(recs, 3)] == ["new", "c0", "c1"]
+    assert [r["id"] for r in take(recs[:5], 3)] == ["c0", "c1", "c2"]  # built-in data: the first n, as before
+    assert take(recs, 0) == recs

@@ -112,3 +112,37 @@ def test_promote_moves_champion_only_through_the_gate(tmp_path, tiny_model_dir, 
     report = (cfg.out_dir("promote") / "report.md").read_text()
     assert "policy v3 not promoted**; `champion` stays v2" in report and "| win_rate | FAIL |" in report
     assert json.loads(json.dumps(result))["champion"] == "policy/2"
+
+
+def test_rlhf_evaluate_a_registered_model(tmp_path, tiny_model_dir, isolated_mlflow, capsys):
+    """`rlhf evaluate --model models:/policy@champion`: every metric family, one MLflow run for the model."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from components import cli, synth
+    from components.config import load_config
+    from components.tracking import register_model, stage_run
+
+    synth.synthesize(tmp_path / "data", seed=0, n_demonstrations=8, n_comparisons=8, n_prompts=40, n_pretrain=40,
+                     k_min=4, k_max=4, label_noise=0.05, tie_margin=0.02, n_users=8)
+    common = ["-S", f"common.data_dir={tmp_path / 'data'}", "-S", f"common.outputs_dir={tmp_path / 'out'}",
+              "-S", f"common.metrics_dir={tmp_path / 'metrics'}"]
+    cfg = load_config(overrides=["common.profile=test", f"common.outputs_dir={tmp_path / 'out'}"])
+    with stage_run(cfg, "ppo"):
+        register_model(tiny_model_dir, "policy", cfg, "ppo", aliases=("champion",))
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", "models:/policy@champion", "--reference", str(tiny_model_dir),
+                     "--profile", "test", "--out", str(tmp_path / "m.json"), *common]) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    for key in ("truthfulqa_mc1", "truthfulqa_mc2", "hellaswag_acc", "squad_f1", "expected_max_toxicity",
+                "toxicity_probability_respectful", "perplexity", "win_rate_vs_ref", "gold_reward"):
+        assert key in m and m[key] == m[key], key  # present and not NaN
+    assert 0 <= m["truthfulqa_mc2"] <= 1 and m["truthfulqa_n"] == 6 and m["toxicity_n"] == 3
+    assert m["win_rate_vs_ref"] == 0.5  # the same weights as the reference: every prompt a tie
+    client = MlflowClient(isolated_mlflow)
+    runs = client.search_runs([client.get_experiment_by_name("rlhf").experiment_id],
+                              "tags.evaluated_model = 'policy@champion'")
+    assert len(runs) == 1 and runs[0].data.metrics["eval/truthfulqa_mc2"] == m["truthfulqa_mc2"]
+    assert cli.main(["evaluate", "--model", "models:/policy@nobody", "--profile", "test", *common]) == 1
+    assert "models:/policy@nobody: not in the registry" in capsys.readouterr().err

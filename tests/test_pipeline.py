@@ -130,3 +130,34 @@ def test_rerun_is_cached_and_a_param_change_reruns_only_dependents(project):
     set_params(proj / "params.yaml", ["ppo.kl_coef=0.02"])  # both RL variants read the ppo section
     status = sh([str(BIN / "dvc"), "status"], proj).stdout
     assert "ppo:" in status and "ppo_ptx:" in status and "reward:" not in status, status
+
+
+def test_feedback_loop_second_iteration_trains_on_the_new_rankings(project):
+    """InstructGPT's loop, unattended: the candidate answers the RL prompts (K = 4), the simulated
+    labeler ranks them through the labeling path, the gate validates and `dvc add`s the grown data,
+    and the next run retrains reward model and policy on it; gold reward reported per iteration."""
+    import json
+
+    proj, _ = project
+    rlhf = str(BIN / "rlhf")
+    gold_1 = json.loads((proj / "metrics" / "evaluate.json").read_text())["ppo.gold_reward"]
+    n_before = len((proj / "data" / "comparisons.jsonl").read_text().splitlines())
+    sh([rlhf, "sample", "--model", "models:/policy@candidate", "--prompts", "data/prompts.jsonl", "--k", "4"], proj)
+    sh([rlhf, "label", "--simulated"], proj)
+    sh([rlhf, "label", "--commit"], proj)
+    n_after = len((proj / "data" / "comparisons.jsonl").read_text().splitlines())
+    assert n_after > n_before
+    second = sh([str(BIN / "python"), "-c", FLOW], proj).stdout
+    ran = [l.split()[1] for l in second.splitlines() if l.startswith("RESULT") and l.endswith(" ran")]
+    assert {"validate", "reward", "ppo", "evaluate", "promote"} <= set(ran), second
+    gold_2 = json.loads((proj / "metrics" / "evaluate.json").read_text())["ppo.gold_reward"]
+    print(f"gold reward of the PPO policy: iteration 1 {gold_1:.3f}, iteration 2 {gold_2:.3f}")
+    code = ("import json\n"
+            "from mlflow import MlflowClient\n"
+            "c = MlflowClient()\n"
+            "vs = sorted(c.search_model_versions(\"name='reward-model'\"), key=lambda v: int(v.version))\n"
+            "print(json.dumps([v.tags.get('data_version') for v in vs]))\n")
+    versions = json.loads(sh([str(BIN / "python"), "-c", code], proj).stdout.strip().splitlines()[-1])
+    data_md5 = (proj / "data.dvc").read_text().split("md5: ")[1].split()[0]
+    assert len(versions) == 2 and versions[0] != versions[1] and versions[1] == data_md5  # two iterations, two data versions
+    assert "Data and pipelines are up to date" in sh([str(BIN / "dvc"), "status"], proj).stdout
