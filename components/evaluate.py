@@ -233,7 +233,9 @@ class Suite:
             m.update({"heldout_lm_loss": nll, "perplexity": math.exp(nll)})
         if self.prompts:
             answers = self.greedy(model, tok)
-            ref = answers if model_path.resolve() == ref_path.resolve() else self.reference_answers(ref_path)
+            if model_path.resolve() == ref_path.resolve():
+                self.ref_answers = answers  # the reference runs first: its answers are made once
+            ref = self.reference_answers(ref_path)
             m.update(preference(answers, ref, self.prompts, self.reward_scorer))
         m["eval_seconds"] = round(time.time() - t0, 1)
         return m
