@@ -62,6 +62,19 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
     return tok
 
 
+def check_safetensors(folder: Path) -> None:
+    """Read the header of every ``*.safetensors`` file of ``folder``: a truncated or corrupt one is a
+    ModelError naming the file (before transformers reports it without the name)."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except Exception as e:  # SafetensorError, OSError: re-raised with the file's path
+            raise ModelError(f"{f}: truncated or corrupt safetensors file ({type(e).__name__}: {e})") from e
+
+
 def _clear_quantizer(model) -> None:
     """A GGUF load is dequantised to float32 but still marked quantized; Trainer refuses it then."""
     model.hf_quantizer = None
@@ -87,6 +100,11 @@ def build_model(cfg: BaseModelConfig, tokenizer, seed: int):
         model = AutoModelForCausalLM.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
         _clear_quantizer(model)
     else:
+        if Path(cfg.source).is_dir():
+            if not cfg.allow_pickle and not any(Path(cfg.source).glob("*.safetensors")):
+                raise ModelError(f"{cfg.source}: no .safetensors weights (pickle weights such as pytorch_model.bin can run "
+                                 "code when loaded: they need base_model.allow_pickle=true)")
+            check_safetensors(Path(cfg.source))
         AutoConfig.from_pretrained(cfg.source, trust_remote_code=cfg.trust_remote_code)  # fail early, clearly
         model = AutoModelForCausalLM.from_pretrained(
             cfg.source, trust_remote_code=cfg.trust_remote_code, use_safetensors=not cfg.allow_pickle, dtype=torch.float32,
@@ -148,6 +166,7 @@ def load_model_dir(path: str | Path, *, kind: str = "causal-lm", allow_pickle: b
         raise ModelError(f"{path}: not a model folder (no config.json); did the upstream stage run?")
     if not allow_pickle and not any(path.glob("*.safetensors")):
         raise ModelError(f"{path}: no .safetensors weights (pickle weights need base_model.allow_pickle=true)")
+    check_safetensors(path)
     cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -161,9 +180,10 @@ def load_model_dir(path: str | Path, *, kind: str = "causal-lm", allow_pickle: b
 
 
 if __name__ == "__main__":
+    from components import base_model as stage  # the imported module: its error classes are the ones stage_main knows
     from components.tracking import stage_main
 
-    sys.exit(stage_main("base_model", run))
+    sys.exit(stage_main("base_model", stage.run))
 
 
 def chat_messages(prompt: str, system_prompt: str = "") -> list[dict[str, str]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -127,14 +128,15 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    overrides = _overrides(args)
-    if overrides:
-        changed = set_params(ROOT / "params.yaml", overrides)
-        if changed:
-            print(f"params.yaml updated (as `dvc exp run -S` would): {', '.join(changed)}")
-    from flows.rlhf import rlhf_pipeline
+    from flows.rlhf import project_lock, rlhf_pipeline
 
-    rlhf_pipeline()
+    overrides = _overrides(args)
+    with project_lock(load_config().flow.wait_for_lock):  # params.yaml is edited only by the run holding the lock
+        if overrides:
+            changed = set_params(ROOT / "params.yaml", overrides)
+            if changed:
+                print(f"params.yaml updated (as `dvc exp run -S` would): {', '.join(changed)}")
+        rlhf_pipeline()
     return 0
 
 
@@ -200,15 +202,16 @@ def cmd_label(args) -> int:
 
 def cmd_ui(args) -> int:
     """The MLflow UI over the project's store, on 127.0.0.1 unless --host says otherwise."""
+    from components.config import redact_uri
     from components.tracking import tracking_uri
 
     cfg = load_config()
     uri = tracking_uri(cfg)
     exe = Path(sys.executable).with_name("mlflow")
-    cmd = [str(exe) if exe.exists() else "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI: http://{args.host}:{args.port}  (store {uri}; Ctrl-C to stop)", flush=True)
-    return subprocess.run(cmd, cwd=ROOT).returncode
+    cmd = [str(exe) if exe.exists() else "mlflow", "ui", "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}  # not on the command line: `ps` shows that to everyone
+    print(f"MLflow UI: http://{args.host}:{args.port}  (store {redact_uri(uri)}; Ctrl-C to stop)", flush=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 
 def cmd_serve(args) -> int:

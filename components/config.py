@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = ROOT / "params.yaml"
@@ -28,6 +28,40 @@ PROFILES_DIR = ROOT / "profiles"
 
 class ConfigError(ValueError):
     """params.yaml, a profile or an override is invalid; the message names the key."""
+
+
+# Query parameters of a URI whose value is a credential (masked when printed, refused in params).
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:token|password|passwd|pwd|secret|api[_-]?key|signature|sig)[^=&#]*=)([^&#]*)")
+
+
+def uri_has_secret(uri: str) -> bool:
+    """A password in the user-info part (``scheme://user:PASS@host``) or a token-like query parameter."""
+    from urllib.parse import urlsplit
+
+    try:
+        netloc = urlsplit(str(uri)).netloc
+    except ValueError:
+        return False
+    return (":" in netloc.rpartition("@")[0]) or bool(_SECRET_QUERY.search(str(uri)))
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` safe to print or log: a password (or a bare user-info token) and token-like query
+    values become ``***``; anything else is kept, e.g. ``http://bob:***@host:5000``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    text = str(uri)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, sep, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
+        text = urlunsplit(parts._replace(netloc=netloc))
+    return _SECRET_QUERY.sub(lambda m: m.group(1) + "***", text)
 
 
 class Section(BaseModel):
@@ -47,6 +81,19 @@ class CommonConfig(Section):
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of users held out for evaluation (split by user_id).")
     system_prompt: str = Field("", description="System message of every chat prompt; '' = the model's own default.")
     bf16: bool = Field(True, description="bf16 autocast where it pays off (CUDA GPUs with bf16, CPUs with AMX).")
+    keep_versions: int = Field(3, ge=0, description="Retention: newest versions kept per registered model (older ones are deleted "
+                               "from the registry with their artifacts when a new one is registered); a version holding "
+                               "an alias (champion, candidate) is always kept; 0 = keep every version.")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        # params.yaml is committed to git, printed by `rlhf params` and logged to MLflow as params.
+        if uri_has_secret(v):
+            raise ValueError("holds a password or token; params are committed and logged: put the URI in "
+                             "$MLFLOW_TRACKING_URI, or the credentials in MLFLOW_TRACKING_USERNAME / "
+                             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+        return v
 
 
 class DataConfig(Section):
@@ -106,7 +153,7 @@ class TrainingSchedule(Section):
 
 class TrainerSection(TrainingSchedule):
     """Settings shared by the stages trained with a TRL/transformers Trainer (sft, dpo)."""
-    batch_size: int = Field(8, ge=1, description="Sequences (sft) or pairs (dpo) per device per step.")
+    batch_size: int = Field(8, ge=1, description="Sequences (sft) or pairs (dpo) per optimizer step before grad_accum, over all processes: under `accelerate launch` each of N takes batch_size / N.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (TRL defaults to on; off is faster here).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
@@ -119,7 +166,7 @@ class SFTConfig(TrainerSection):
 class DPOConfig(TrainerSection):
     """RL-free baseline: TRL DPOTrainer from SFT on pairs expanded from each ranking."""
     lr: float = Field(5e-6, gt=0, description="Peak learning rate (DPO wants a small one).")
-    batch_size: int = Field(4, ge=1, description="Pairs per device per step.")
+    batch_size: int = Field(4, ge=1, description="Pairs per optimizer step (before grad_accum).")
     beta: float = Field(0.1, gt=0, description="DPO temperature beta (strength of the implicit KL to SFT).")
     max_samples: int = Field(100, ge=0, description="Use at most this many training rankings (0: all).")
     max_pairs_per_prompt: int = Field(2, ge=0, description="Pairs kept per ranking (0: all C(K,2) minus ties); seeded choice.")
@@ -132,7 +179,7 @@ class RewardConfig(TrainingSchedule):
     """Reward model: SFT backbone + scalar head, InstructGPT K-wise loss, prompt-aware utilities."""
     lr: float = Field(5e-5, gt=0, description="Peak learning rate of the backbone (AdamW, linear decay).")
     head_lr: float = Field(1e-3, gt=0, description="Learning rate of the new scalar head.")
-    prompts_per_batch: int = Field(4, ge=1, description="Prompts per step; all K answers of a prompt are one batch element.")
+    prompts_per_batch: int = Field(4, ge=1, description="Prompts per step; all K answers of a prompt are one batch element (and stay on one process under `accelerate launch`).")
     max_samples: int = Field(240, ge=0, description="Use at most this many training comparisons (0: all).")
     freeze_layers: int = Field(0, ge=0, description="Freeze the embeddings and the first N transformer layers (speed).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
@@ -195,6 +242,37 @@ class PPOConfig(Section):
         return self
 
 
+class RLConfig(Section):
+    """Which algorithm the ``ppo`` stage trains the policy with (``ppo_ptx`` is always our PPO-ptx).
+
+    ``ppo``: our PPO (components/ppo.py). ``rloo`` / ``grpo``: TRL 1.16's RLOOTrainer / GRPOTrainer
+    (components/rl_trl.py) with the same reward (RewardScorer: bounded, demonstration bias removed,
+    minus ``ppo.missing_eos_penalty`` when a response never ends), on the same prompts, from SFT.
+    They read the ``ppo`` section where it maps cleanly:
+
+    ==========================  =========================================================
+    ppo.updates                 max_steps (one rollout + one on-policy optimizer step each)
+    ppo.batch_size              responses per update (= batch_size / num_generations prompts)
+    ppo.lr, ppo.max_grad_norm   learning_rate (constant, AdamW), max_grad_norm
+    ppo.max_new_tokens          max_completion_length
+    ppo.temperature/top_k/top_p the same sampling settings
+    ppo.kl_coef                 beta, set explicitly (GRPO's own default is 0: no KL)
+    ppo.clip_coef               epsilon (inert here: one optimizer step per rollout)
+    ppo.max_prompt_length       TRL does not truncate prompts: longer ones are dropped (warning)
+    ppo.save_every/save_total_limit  save_steps / save_total_limit (resume after a kill)
+    common.seed, common.bf16    seed, bf16 (when the machine supports it)
+    ==========================  =========================================================
+
+    Not used by rloo/grpo: the value model and GAE (vf_coef, value_lr, gamma, gae_lambda,
+    whiten_advantages, clip_range_value), minibatch_size/ppo_epochs, the adaptive KL controller
+    (target_kl), kl_estimator (RLOO subtracts beta x summed k1 from the reward, GRPO adds beta x k3
+    to the loss), ent_coef and the pretraining mix (ptx_*).
+    """
+    algorithm: Literal["ppo", "rloo", "grpo"] = Field("ppo", description="Policy optimiser of the `ppo` stage: ppo (ours), rloo or grpo (TRL).")
+    num_generations: int = Field(2, ge=2, description="rloo/grpo: responses sampled per prompt (k), the group of the "
+                                 "leave-one-out / group-mean baseline; must divide ppo.batch_size.")
+
+
 ModelStage = Literal["base_model", "sft", "dpo", "ppo", "ppo_ptx"]  # stages that write a model folder
 
 
@@ -255,6 +333,14 @@ class LabelConfig(Section):
     labelers: int = Field(1, ge=1, description="Simulated labelers per item (rlhf label --simulated).")
 
 
+class FlowConfig(Section):
+    """The Prefect flow around the stages (flows/rlhf.py); no stage reads it, so DVC does not track it."""
+    retries: int = Field(1, ge=0, description="Retries of a failed training/evaluation stage; a retry resumes from the stage's last checkpoint. validate is never retried (bad data stays bad).")
+    retry_delay_seconds: float = Field(5.0, ge=0, description="Seconds between a failure and its retry.")
+    cache: bool = Field(True, description="Prefect task caching keyed on each stage's inputs (data version, params, upstream models, code, as in dvc.lock): an unchanged stage is not run again.")
+    wait_for_lock: bool = Field(True, description="A second `rlhf run` in the same project waits for the first (true) or fails at once (false).")
+
+
 SECTIONS: dict[str, type[Section]] = {
     "common": CommonConfig,
     "data": DataConfig,
@@ -264,9 +350,11 @@ SECTIONS: dict[str, type[Section]] = {
     "reward": RewardConfig,
     "dpo": DPOConfig,
     "ppo": PPOConfig,
+    "rl": RLConfig,
     "evaluate": EvaluateConfig,
     "promote": PromoteConfig,
     "label": LabelConfig,
+    "flow": FlowConfig,
 }
 
 
@@ -279,9 +367,11 @@ class Config(Section):
     reward: RewardConfig = RewardConfig()
     dpo: DPOConfig = DPOConfig()
     ppo: PPOConfig = PPOConfig()
+    rl: RLConfig = RLConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     promote: PromoteConfig = PromoteConfig()
     label: LabelConfig = LabelConfig()
+    flow: FlowConfig = FlowConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -406,6 +496,8 @@ def build_config(raw: dict, origin: str = "params") -> Config:
         for err in e.errors():
             key = ".".join(str(p) for p in err["loc"]).replace("validate_", "validate")
             got = err.get("input")
+            if isinstance(got, str) and uri_has_secret(got):
+                got = redact_uri(got)  # never echo a credential
             lines.append(f"  {key}: {err['msg']} (got {got!r})")
         raise ConfigError(f"{origin}: invalid value{'s' if len(lines) > 1 else ''}:\n" + "\n".join(lines)) from None
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 from components.config import Config
-from components.data import FILES, pairs_from_ranks, read_jsonl, split_records, take
+from components.data import FILES, DataError, pairs_from_ranks, read_jsonl, split_records, take
 
 STAGE = "dpo"
 
@@ -52,8 +52,9 @@ def run(cfg: Config) -> dict:
     rows = expand_pairs(train, d.max_pairs_per_prompt, cfg.common.seed, cfg.common.system_prompt)
     eval_rows = expand_pairs(evals, d.max_pairs_per_prompt, cfg.common.seed, cfg.common.system_prompt)
     if not rows:
-        raise ValueError(f"{path}: no training pairs after the user split")
+        raise DataError(f"{path}: no training pairs after the user split (is the file empty?)")
     model, tokenizer = load_model_dir(cfg.out_dir("sft"))
+    tu.check_lengths(STAGE, tokenizer, rows, d.max_length, path)
     ckpt_dir = cfg.out_dir("checkpoints") / STAGE
     args = DPOConfig(**tu.trainer_kwargs(cfg, d, ckpt_dir, len(rows)), beta=d.beta)
     trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer, callbacks=[tu.mlflow_callback(STAGE)],

@@ -32,10 +32,11 @@ from pathlib import Path
 
 import torch
 
+from components import faults
 from components import ppo_losses as L
 from components.config import Config, PPOConfig
 from components.base_model import generate, pad_batch
-from components.data import FILES, next_indices, read_jsonl, split_records
+from components.data import FILES, DataError, next_indices, read_jsonl, split_records
 
 VARIANTS = {"ppo": "policy", "ppo_ptx": "policy-ptx"}  # stage name -> registered model name
 
@@ -182,6 +183,8 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
                 stream.load_state_dict(state["stream"])
             rng.setstate(state["rng"])
             torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])  # rollouts sample on the GPU's generator
             order, start, history = state["order"], state["update"] + 1, state["history"]
             print(f"[ppo] resuming from {last} at update {start}", flush=True)
         else:
@@ -199,6 +202,10 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
         with torch.no_grad(), autocast():
             # 2. score: the reward model on the decoded text, minus the missing-EOS penalty
             raw_score = m.scorer.score(ro.prompts, ro.responses).to(resp_tokens.device).float()
+            if not bool(torch.isfinite(raw_score).all()):
+                bad = int((~torch.isfinite(raw_score)).nonzero()[0, 0])
+                raise FloatingPointError(f"[ppo] non-finite reward {raw_score[bad].item()} from the reward model at update "
+                                         f"{update} (response {bad} of the rollout); checkpoints kept in {ckpt_dir}")
             score = raw_score - pc.missing_eos_penalty * (~ro.has_eos).float()
             # 3. KL to the frozen SFT policy, per token -> shaped rewards
             old_logp = L.logprobs_from_logits(response_logits(m.policy, ro.input_ids, ro.attention_mask, ro.prompt_len), resp_tokens)
@@ -270,7 +277,9 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
                 "opt_v": opt_v.state_dict(), "kl_ctl": kl_ctl.state_dict(),
                 "stream": stream.state_dict() if stream is not None else None, "rng": rng.getstate(),
                 "torch_rng": torch.get_rng_state(), "order": order, "update": update, "history": history,
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 **(ckpt_key or {})})
+            faults.checkpoint_written(update)
     return history
 
 
@@ -354,7 +363,12 @@ def write_curves(history: list[dict], out_dir: Path, title: str) -> tuple[Path, 
 
 
 def run(cfg: Config, stage: str = "ppo") -> dict:
-    """Train the policy with PPO (stage ``ppo``) or PPO-ptx (``ppo_ptx``); write outputs/<stage>; register it."""
+    """Train the policy with PPO (stage ``ppo``) or PPO-ptx (``ppo_ptx``); write outputs/<stage>; register it.
+    With ``rl.algorithm`` rloo or grpo the ``ppo`` stage trains with TRL instead (components/rl_trl.py)."""
+    if stage == "ppo" and cfg.rl.algorithm != "ppo":  # ppo_ptx is always ours: the pretraining mix is only here
+        from components import rl_trl
+
+        return rl_trl.run(cfg)
     import mlflow
 
     from components import synth
@@ -371,7 +385,7 @@ def run(cfg: Config, stage: str = "ppo") -> dict:
     train_p, eval_p = split_records(read_jsonl(cfg.data_dir / FILES["prompts"]), cfg.common.eval_fraction, seed)
     train_t, eval_t = split_records(read_jsonl(cfg.data_dir / FILES["pretrain"]), cfg.common.eval_fraction, seed)
     if not train_p:
-        raise ValueError(f"{cfg.data_dir / FILES['prompts']}: no training prompts after the user split")
+        raise DataError(f"{cfg.data_dir / FILES['prompts']}: no training prompts after the user split (is the file empty?)")
     m = _load(cfg)
     use_bf16 = cfg.common.bf16 and bf16_supported()
     if torch.cuda.is_available():
@@ -422,7 +436,7 @@ def run(cfg: Config, stage: str = "ppo") -> dict:
     name = VARIANTS[stage]
     version = register_model(out, name, cfg, stage, description=(
         f"{'PPO-ptx' if ptx_coef else 'PPO'} from sft, {pc.updates} updates, kl_coef {pc.kl_coef}, ptx_coef {ptx_coef}; "
-        + ", ".join(f"{k} {v:.3f}" for k, v in final.items())))
+        + ", ".join(f"{k} {v:.3f}" for k, v in final.items())), tags={"algorithm": "ppo-ptx" if ptx_coef else "ppo"})
     shutil.rmtree(cfg.out_dir("checkpoints") / stage, ignore_errors=True)
     metrics = {"final_kl": last.get("kl", float("nan")), "final_reward": last.get("reward", float("nan")),
                "train_seconds": round(seconds, 1), "updates": pc.updates, "ptx_coef": ptx_coef, **final,

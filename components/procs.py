@@ -128,3 +128,21 @@ def stopped_on_exit(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
         stop(proc)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def project_copy(dest: Path, root: Path | None = None) -> Path:
+    """What a fresh clone of the project at ``root`` would hold (tracked + untracked-not-ignored
+    files), as a new one-commit git repository at ``dest``: for tests and benchmarks."""
+    import shutil
+
+    root = root or Path(__file__).resolve().parents[1]
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, text=True,
+                           capture_output=True, check=True).stdout.split("\n")
+    for f in filter(None, files):
+        if (root / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / f, dest / f)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    return dest

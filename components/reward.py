@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from components.config import Config
-from components.data import FILES, next_indices, read_jsonl, split_records, take
+from components.config import Config, ConfigError
+from components.data import FILES, DataError, next_indices, read_jsonl, split_records, take
 
 STAGE = "reward"
 PROMPT_TYPES = ("closed", "open", "unknown")
@@ -152,12 +152,16 @@ def score_raw(model, tokenizer, prompts, responses, system_prompt, max_length, b
 # ---------------------------------------------------------------------------------------------
 # Diagnostics.
 # ---------------------------------------------------------------------------------------------
-def collapse_curves(rewards_by_prompt: list[tuple[str, list[float]]], grid: int = 9) -> dict[str, list[float]]:
+def collapse_curves(rewards_by_prompt: list[tuple[str, list[float]]], grid: int = 9,
+                    shape: bool = False) -> dict[str, list[float]]:
     """Mean sorted reward profile per prompt type (the reward-collapse diagnostic).
 
     Each prompt's rewards are sorted best-first and interpolated onto ``grid`` positions in [0, 1]
     (0 = best answer, 1 = worst), then averaged per prompt type. A closed-ended prompt trained with
-    its utility should look like a step; an open-ended one like a ramp.
+    its utility should look like a step; an open-ended one like a ramp. ``shape=True`` min-max
+    scales each prompt's rewards to [1 .. 0] first, so the curve shows the shape of the
+    distribution alone, not its level or how saturated sigmoid(r) is (prompts whose K rewards are
+    all equal have no shape and are left out).
     """
     import numpy as np
 
@@ -167,6 +171,11 @@ def collapse_curves(rewards_by_prompt: list[tuple[str, list[float]]], grid: int 
         if len(rewards) < 2:
             continue
         r = np.sort(np.asarray(rewards, dtype=float))[::-1]
+        if shape:
+            span = r[0] - r[-1]
+            if span <= 0:
+                continue
+            r = (r - r[-1]) / span
         acc.setdefault(ptype, []).append(np.interp(xs, np.linspace(0, 1, len(r)), r))
     return {t: np.mean(v, axis=0).round(6).tolist() for t, v in acc.items()}
 
@@ -178,8 +187,10 @@ def curve_distance(curves: dict[str, list[float]]) -> float:
     return float(sum(abs(a - b) for a, b in zip(curves["open"], curves["closed"])) / len(curves["open"]))
 
 
-def write_collapse_plot(curves: dict[str, list[float]], out_dir: Path, title: str) -> tuple[Path, Path]:
-    """DVC plot data (CSV) and a PNG of the collapse curves."""
+def write_collapse_plot(curves: dict[str, list[float]], shapes: dict[str, list[float]], out_dir: Path,
+                        title: str) -> tuple[Path, Path]:
+    """DVC plot data (CSV: position, <type> = mean sigmoid(r), <type>_shape = min-max scaled) and a
+    PNG with both views side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,18 +199,22 @@ def write_collapse_plot(curves: dict[str, list[float]], out_dir: Path, title: st
     out_dir.mkdir(parents=True, exist_ok=True)
     types = [t for t in PROMPT_TYPES if t in curves]
     n = len(next(iter(curves.values()))) if curves else 0
+    xs = [i / max(1, n - 1) for i in range(n)]
+    cols = [(t, curves[t]) for t in types] + [(f"{t}_shape", shapes[t]) for t in types if t in shapes]
     csv = out_dir / "collapse.csv"
-    rows = ["position," + ",".join(types)]
-    for i in range(n):
-        rows.append(f"{i / max(1, n - 1):.4f}," + ",".join(f"{curves[t][i]:.6f}" for t in types))
+    rows = ["position," + ",".join(c for c, _ in cols)]
+    rows += [f"{x:.4f}," + ",".join(f"{v[i]:.6f}" for _, v in cols) for i, x in enumerate(xs)]
     csv.write_text("\n".join(rows) + "\n")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for t in types:
-        ax.plot([i / max(1, n - 1) for i in range(n)], curves[t], marker="o", label=t)
-    ax.set_xlabel("answer position, best (0) to worst (1)")
-    ax.set_ylabel("reward, sigmoid(r)")
-    ax.set_title(textwrap.fill(title, 60), fontsize=8)
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, data, ylabel in ((axes[0], curves, "reward, sigmoid(r)"),
+                             (axes[1], shapes, "reward, min-max scaled per prompt")):
+        for t in types:
+            if t in data:
+                ax.plot(xs, data[t], marker="o", label=t)
+        ax.set_xlabel("answer position, best (0) to worst (1)")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+    fig.suptitle(textwrap.fill(title, 100), fontsize=8)
     fig.tight_layout()
     png = out_dir / "collapse.png"
     fig.savefig(png, dpi=110)
@@ -298,6 +313,38 @@ def autocast_for(use_bf16: bool):
     return lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
+def batch_share(loss: torch.Tensor, diag: dict, b: Batch) -> tuple[torch.Tensor, float, dict, int]:
+    """Data-parallel step: this rank's share of the whole batch's loss, so that the ranks' gradients SUM
+    (all-reduced) to the gradient one process gets on the whole batch. ``kwise_loss`` is a mean over the
+    prompts with a ranked pair, so a rank with n of the batch's N such prompts scales its loss by n / N.
+    Returns (share, the batch loss, the batch's diag, the batch's answers)."""
+    import torch.distributed as dist
+
+    from components.reward_losses import pair_mask
+
+    n_here = float(pair_mask(b.ranks, b.mask).flatten(1).any(1).sum())
+    correct = diag["accuracy"] * diag["pairs"] if diag["pairs"] else 0.0
+    stats = torch.tensor([n_here, correct, diag["pairs"], float(b.mask.sum())], dtype=torch.float64, device=loss.device)
+    dist.all_reduce(stats)
+    n_all, correct, pairs, answers = stats.tolist()
+    share = loss * (n_here / max(n_all, 1.0))
+    total = share.detach().clone()
+    dist.all_reduce(total)
+    diag = {"accuracy": correct / pairs if pairs else float("nan"), "pairs": int(pairs)}
+    return share, total.item(), diag, int(answers)
+
+
+def all_reduce_grads(model) -> None:
+    """Sum every trainable gradient over the ranks (each rank's loss is already its share)."""
+    import torch.distributed as dist
+
+    for p in model.parameters():
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+
+
 def train(model, train_items: list[dict], rc, pad_id: int, utilities: tuple[str, ...], seed: int, *,
           autocast, ckpt: Path | None = None, ckpt_key: dict | None = None, log=None) -> dict:
     """The K-wise training loop: each step takes ``prompts_per_batch`` whole prompts, runs one forward
@@ -305,13 +352,23 @@ def train(model, train_items: list[dict], rc, pad_id: int, utilities: tuple[str,
 
     ``ckpt``: a state file written every ``save_steps`` (model, optimiser, scheduler, RNGs, data order)
     and resumed from when its ``ckpt_key`` (params hash, data version) still matches. ``log(metrics,
-    step)`` receives the metrics every ``logging_steps``. Returns seconds, steps and answers seen.
+    step)`` receives the metrics every ``logging_steps``. Returns seconds, steps, answers seen and the mean loss.
+
+    Data-parallel when a process group is up (``accelerate launch``): every rank draws the same batch and
+    trains on its whole prompts ``idx[rank::world]``; gradients are all-reduced, so N ranks take the steps
+    one process would (rank 0 writes the checkpoints; ``log`` only on rank 0).
     """
+    import torch.distributed as dist
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
+    from components import faults
     from components.reward_losses import kwise_loss
 
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if rc.prompts_per_batch < world:
+        raise ConfigError(f"reward.prompts_per_batch={rc.prompts_per_batch} is less than the {world} processes: "
+                          "each needs a whole prompt")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     total = rc.total_steps(len(train_items), rc.prompts_per_batch)
@@ -321,7 +378,7 @@ def train(model, train_items: list[dict], rc, pad_id: int, utilities: tuple[str,
                             weight_decay=rc.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, math.ceil(rc.warmup_ratio * total), total)
     order: list[int] = []
-    start = 1
+    start, loss_sum, loss_from = 1, 0.0, 1  # loss_sum: the summed batch losses of steps loss_from..step
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         if all(state.get(k) == v for k, v in (ckpt_key or {}).items()):
@@ -331,40 +388,54 @@ def train(model, train_items: list[dict], rc, pad_id: int, utilities: tuple[str,
             rng.setstate(state["rng"])
             torch.set_rng_state(state["torch_rng"])
             order, start = state["order"], state["step"] + 1
+            loss_sum, loss_from = (state["loss_sum"], 1) if "loss_sum" in state else (0.0, start)
             print(f"[reward] resuming from {ckpt} at step {start}", flush=True)
         else:
             print(f"[reward] ignoring {ckpt}: params or data changed since it was written", flush=True)
+    if world > 1:  # every rank starts from rank 0's weights, as DDP does
+        for p in model.parameters():
+            dist.broadcast(p.data, src=0)
     model.train()
     t0, seen_answers = time.time(), 0
     for step in tqdm(range(start, total + 1), desc="reward", unit="step", mininterval=2):
         # batch: the next prompts_per_batch whole prompts of a seeded shuffle, reshuffled each epoch
         idx, order = next_indices(order, len(train_items), rc.prompts_per_batch, rng)
+        idx = idx[rank::world]  # this rank's whole prompts (all of them in one process)
         b = collate([train_items[i] for i in idx]).to(model.device)
         with autocast():
             r = batch_rewards(model, b, pad_id, rc.micro_batch_tokens)  # (B, K): one forward pass per answer
         loss, diag = kwise_loss(r, b.ranks, b.mask, b.utility_ids, utilities, eps=rc.utility_eps)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"[reward] non-finite loss {loss.item()} at step {step}")
+        batch_loss, answers = loss.item(), int(b.mask.sum())
+        if world > 1:
+            loss, batch_loss, diag, answers = batch_share(loss, diag, b)
+        if not math.isfinite(batch_loss):
+            raise FloatingPointError(f"[reward] non-finite loss {batch_loss} at step {step}")
         loss.backward()
+        if world > 1:
+            all_reduce_grads(model)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), rc.max_grad_norm)
         if not torch.isfinite(gnorm):
             raise FloatingPointError(f"[reward] non-finite gradient norm at step {step}")
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        seen_answers += int(b.mask.sum())
+        seen_answers += answers
+        loss_sum += batch_loss
         if log is not None and (step % rc.logging_steps == 0 or step == total):
-            log({"loss": loss.item(), "train_accuracy": float(diag["accuracy"]), "grad_norm": float(gnorm),
+            log({"loss": batch_loss, "train_accuracy": float(diag["accuracy"]), "grad_norm": float(gnorm),
                  "lr": sched.get_last_lr()[0], "answers_per_second": seen_answers / (time.time() - t0)}, step)
-        if ckpt is not None and step % rc.save_steps == 0 and step < total:
+        if ckpt is not None and rank == 0 and step % rc.save_steps == 0 and step < total:
             save_checkpoint(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                                    "rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "order": order,
-                                   "step": step, **(ckpt_key or {})})
-    return {"seconds": time.time() - t0, "steps": total, "answers": seen_answers}
+                                   "step": step, "loss_sum": loss_sum, **(ckpt_key or {})})
+            faults.checkpoint_written(step)
+    return {"seconds": time.time() - t0, "steps": total, "answers": seen_answers,
+            "loss": loss_sum / max(1, total - loss_from + 1)}
 
 
 def run(cfg: Config) -> dict:
     """Train the reward model on comparisons; write ``outputs/reward``; register ``reward-model``."""
+    from components import distributed
     from components.base_model import bf16_supported, save_model_dir
     from components.tracking import data_version, log_metrics, register_model, set_offline_env
 
@@ -374,7 +445,8 @@ def run(cfg: Config) -> dict:
     train_recs, eval_recs = split_records(comps, cfg.common.eval_fraction, cfg.common.seed)
     train_recs = take(train_recs, rc.max_samples)
     if not train_recs:
-        raise ValueError(f"{cfg.data_dir / FILES['comparisons']}: no training comparisons after the user split")
+        raise DataError(f"{cfg.data_dir / FILES['comparisons']}: no training comparisons after the user split (is the file empty?)")
+    torch.manual_seed(cfg.common.seed)  # the fresh scalar head is drawn from the global RNG
     model, tokenizer = load_reward_backbone(cfg.out_dir("sft"))
     freeze_bottom(model, rc.freeze_layers)
     utilities, type_to_id = utilities_of(cfg)
@@ -386,16 +458,17 @@ def run(cfg: Config) -> dict:
 
     use_bf16 = cfg.common.bf16 and bf16_supported()
     autocast = autocast_for(use_bf16)
-    if torch.cuda.is_available():
-        model.cuda()
+    model.to(distributed.state().device)  # joins the process group under `accelerate launch`
     n_answers = sum(len(it["ids"]) for it in train_items)
     print(f"[reward] {len(train_items)} train / {len(eval_items)} eval prompts ({n_answers} answers), "
           f"{rc.total_steps(len(train_items), rc.prompts_per_batch)} steps, utilities {dict(rc.utility)}, bf16={use_bf16}", flush=True)
     ckpt = cfg.out_dir("checkpoints") / STAGE / "state.pt"
     stats = train(model, train_items, rc, tokenizer.pad_token_id, utilities, cfg.common.seed, autocast=autocast,
                   ckpt=ckpt, ckpt_key={"params_hash": cfg.section_hash(STAGE), "data_version": data_version()},
-                  log=lambda m, step: log_metrics(STAGE, m, step=step))
+                  log=(lambda m, step: log_metrics(STAGE, m, step=step)) if distributed.is_main() else None)
     seconds, seen_answers, total = stats["seconds"], stats["answers"], stats["steps"]
+    if not distributed.is_main():  # another rank of `accelerate launch`: rank 0 scores, saves and registers
+        return {}
 
     # InstructGPT: shift so that the demonstrations score mean 0 (in the space PPO will use).
     demos = read_jsonl(cfg.data_dir / FILES["demonstrations"])[:256]
@@ -407,10 +480,11 @@ def run(cfg: Config) -> dict:
     model.config.rlhf_reward = {"bounded": rc.bounded, "bias": bias, "utility": dict(rc.utility)}
 
     ev = evaluate(model, eval_items or train_items[:64], tokenizer.pad_token_id, utilities, rc, autocast)
-    curves = collapse_curves(ev.pop("per_prompt"))
-    distance = curve_distance(curves)
+    per_prompt = ev.pop("per_prompt")
+    curves, shapes = collapse_curves(per_prompt), collapse_curves(per_prompt, shape=True)
+    distance = curve_distance(shapes)  # open vs closed, shape only
     plots = cfg.plots_dir(STAGE)
-    csv, png = write_collapse_plot(curves, plots, f"reward collapse: {dict(rc.utility)}")
+    csv, png = write_collapse_plot(curves, shapes, plots, f"reward collapse: {dict(rc.utility)}")
     out = cfg.out_dir(STAGE)
     save_model_dir(model, tokenizer, out)
     import mlflow
@@ -422,7 +496,8 @@ def run(cfg: Config) -> dict:
     ckpt.unlink(missing_ok=True)  # finished: the checkpoint only matters for resuming
     metrics = {"val_accuracy": ev["accuracy"], "val_pairs": ev["pairs"], "val_loss": ev["loss"],
                "reward_mean": ev["reward_mean"], "reward_std": ev["reward_std"], "demo_bias": bias,
-               "collapse_distance": distance, "train_seconds": round(seconds, 1), "steps": total,
+               "collapse_distance": distance, "collapse_distance_sigmoid": curve_distance(curves), "train_loss": stats["loss"], "train_seconds": round(seconds, 1),
+               "steps": total,
                "answers_per_second": seen_answers / seconds, "n_train": len(train_items), "n_eval": len(eval_items),
                "model_version": int(version.version)}
     print(f"[reward] held-out pairwise accuracy {ev['accuracy']:.3f} on {ev['pairs']} pairs; collapse distance "

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from components.base_model import ModelError
-from components.config import ROOT, Config
+from components.config import ROOT, Config, redact_uri
 from components.procs import ServiceError, child_env, port_in_use, start, stopped_on_exit, wait_healthy
 from components.tracking import registered_version, tracking_uri
 
@@ -59,7 +59,7 @@ def serve(cfg: Config, model: str = DEFAULT_MODEL, host: str = DEFAULT_HOST, por
         raise ServiceError(f"port {port} on {host} is already in use (choose another with --port)")
     uri = tracking_uri(cfg)
     url = f"http://{host}:{port}"
-    print(f"Serving {model}: {what}\n  store {uri}\n  {url}/invocations (chat: OpenAI-style messages); "
+    print(f"Serving {model}: {what}\n  store {redact_uri(uri)}\n  {url}/invocations (chat: OpenAI-style messages); "
           f"{url}/health\n  try: {example_request(url)}", flush=True)
     proc = start(serve_command(model, host, port, timeout=request_timeout),
                  env=child_env({"MLFLOW_TRACKING_URI": uri}), cwd=ROOT)

@@ -14,7 +14,7 @@ import sys
 import time
 
 from components.config import Config
-from components.data import FILES, read_jsonl, split_records, take
+from components.data import FILES, DataError, read_jsonl, split_records, take
 
 STAGE = "sft"
 
@@ -41,9 +41,11 @@ def run(cfg: Config) -> dict:
     train, evals = split_records(read_jsonl(path), cfg.common.eval_fraction, cfg.common.seed)
     train = take(train, cfg.sft.max_samples)
     if not train:
-        raise ValueError(f"{path}: no training demonstrations after the user split")
+        raise DataError(f"{path}: no training demonstrations after the user split (is the file empty?)")
     model, tokenizer = load_model_dir(cfg.out_dir("base_model"))
     sp = cfg.common.system_prompt
+    tu.check_lengths(STAGE, tokenizer, [to_conversation(r, sp) for r in train], cfg.sft.max_length, path,
+                     ids=[r.get("id", f"line {i + 1}") for i, r in enumerate(train)])
     ckpt_dir = cfg.out_dir("checkpoints") / STAGE
     args = SFTConfig(**tu.trainer_kwargs(cfg, cfg.sft, ckpt_dir, len(train)), completion_only_loss=True, packing=False)
     trainer = SFTTrainer(
@@ -62,6 +64,8 @@ def run(cfg: Config) -> dict:
     if evals:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+    if not trainer.is_world_process_zero():  # another rank of `accelerate launch`: rank 0 saves and registers
+        return metrics
     metrics["model_version"] = tu.finish(trainer, tokenizer, cfg, STAGE, "sft", (
         f"SFT of {cfg.base_model.source} on {len(train)} demonstrations; train loss {result.training_loss:.3f}"
         + (f", eval loss {metrics['eval_loss']:.3f}" if "eval_loss" in metrics else "")))

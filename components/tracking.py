@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from components.config import ROOT, Config
+from components.config import ROOT, Config, redact_uri
 
 PARENT_RUN_ENV = "RLHF_PARENT_RUN_ID"
 
@@ -91,6 +91,8 @@ def data_version(root: Path = ROOT) -> str:
 
 # Stages that read another stage's params section (a variant of it).
 SECTION_OF = {"ppo_ptx": "ppo"}
+# Further sections a stage reads, logged with its own (the ppo stage: rl.algorithm picks PPO, RLOO or GRPO).
+ALSO_READS = {"ppo": ("rl",)}
 
 
 def section_of(cfg: Config, stage: str) -> str:
@@ -141,7 +143,7 @@ def stage_run(cfg: Config, stage: str) -> Iterator[Any]:
     if parent:
         tags["mlflow.parentRunId"] = parent
     with mlflow.start_run(run_name=stage, tags=tags) as run:
-        sections = {"common", section_of(cfg, stage)}
+        sections = {"common", section_of(cfg, stage), *ALSO_READS.get(stage, ())}
         mlflow.log_params({k: v for k, v in cfg.flat().items() if k.split(".", 1)[0] in sections})
         mlflow.log_dict(cfg.to_dict(), "config/resolved_params.json")
         yield run
@@ -211,11 +213,14 @@ def register_model(
         if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
             raise
     version = client.create_model_version(
-        name=name, source=info.model_uri, run_id=run.info.run_id, description=description,
+        name=name, source=info.model_uri, run_id=run.info.run_id, model_id=info.model_id, description=description,
         tags={**lineage_tags(cfg, stage), "model_dir": str(model_dir), **(tags or {})},
     )
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version.version)
+    from components.retention import prune_registered_model
+
+    prune_registered_model(name, cfg)  # common.keep_versions: old, alias-free versions and their artifacts go
     return version
 
 
@@ -226,23 +231,58 @@ def pip_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in ("torch", "transformers", "accelerate", "safetensors", "mlflow")]
 
 
+EXIT_BAD_PARAMS = 2  # a stage's exit code for invalid params
+EXIT_BAD_INPUT = 3  # ... for bad data or model files, or a non-finite loss/reward/gradient
+
+
 def stage_main(stage: str, run_fn, argv: list[str] | None = None) -> int:
     """The ``python -m components.<stage>`` entry point DVC calls: params.yaml (+ ``-S`` args) ->
     ``run_fn(cfg)`` inside the stage's MLflow run; its numeric results are logged as metrics and
-    written to ``metrics/<stage>.json`` for DVC."""
+    written to ``metrics/<stage>.json`` for DVC. Bad input or a non-finite value exits 3 (bad
+    params: 2) with one ``error: [stage] ...`` line naming the file, record or key; the flow does
+    not retry those (the same input fails the same way). A bug exits 1 with its traceback."""
     import sys
 
-    from components.config import load_config
+    from components import distributed
+    from components.config import ConfigError, load_config
 
     if argv is None:
+        distributed.relaunch_under_accelerate(stage)  # only with $RLHF_ACCELERATE_CONFIG set
         reexec_with_malloc_env()
-    cfg = load_config(overrides=argv if argv is not None else sys.argv[1:])
-    with stage_run(cfg, stage):
-        result = run_fn(cfg)
-        log_metrics(stage, result)
+    if distributed.world_size() > 1 and stage not in distributed.STAGES:
+        raise SystemExit(f"error: [{stage}] trains in one process: run it with python -m, not accelerate launch "
+                         f"(data-parallel stages: {', '.join(distributed.STAGES)})")
+    try:
+        cfg = load_config(overrides=argv if argv is not None else sys.argv[1:])
+        if not distributed.is_main():  # another rank of a launch: trains its share; rank 0 logs and writes
+            run_fn(cfg)
+            distributed.wait_for_main()
+            return 0
+        with stage_run(cfg, stage):  # an exception ends the MLflow run FAILED, then comes here
+            result = run_fn(cfg)
+            log_metrics(stage, result)
+    except input_errors() as e:
+        # Bad input (params, data, model files) or a non-finite loss: one clear line, no traceback,
+        # non-zero exit; nothing was registered and no metrics file is written.
+        msg = str(e)
+        print(f"error: {msg if msg.startswith(f'[{stage}]') else f'[{stage}] {msg}'}", file=sys.stderr, flush=True)
+        return EXIT_BAD_PARAMS if isinstance(e, ConfigError) else EXIT_BAD_INPUT
     write_metrics(cfg.metrics_file(stage),
                   {k: v for k, v in result.items() if isinstance(v, (int, float, bool, str))})
+    distributed.wait_for_main()  # the other ranks of a launch exit once the outputs are complete
     return 0
+
+
+def input_errors() -> tuple[type[BaseException], ...]:
+    """The errors a stage raises for bad input or a numerical failure; their messages name the key,
+    file, record or step. Anything else is a bug and keeps its traceback."""
+    from components.base_model import ModelError
+    from components.config import ConfigError
+    from components.data import DataError
+    from components.toxicity import ToxicityScorerError
+    from components.validate import ValidationFailed
+
+    return (ConfigError, DataError, ModelError, ValidationFailed, ToxicityScorerError, FloatingPointError)
 
 
 def registered_version(uri: str, cfg: Config):
@@ -263,7 +303,7 @@ def registered_version(uri: str, cfg: Config):
             name, number = spec.split("/", 1)
             return client.get_model_version(name, number)
     except mlflow.exceptions.MlflowException as e:
-        raise ModelError(f"{uri}: not in the registry at {tracking_uri(cfg)}: {e.message}") from e
+        raise ModelError(f"{uri}: not in the registry at {redact_uri(tracking_uri(cfg))}: {e.message}") from e
     raise ModelError(f"{uri}: give a version or an alias, e.g. models:/{spec}@champion or models:/{spec}/1")
 
 

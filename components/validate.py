@@ -53,6 +53,7 @@ def _log_report(*paths: Path) -> None:
 
 
 if __name__ == "__main__":
+    from components import validate as stage  # the imported module: its error classes are the ones stage_main knows
     from components.tracking import stage_main
 
-    sys.exit(stage_main("validate", run))
+    sys.exit(stage_main("validate", stage.run))

@@ -6,7 +6,6 @@ what depends on it."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from components.config import set_params
+from components.procs import project_copy
+from flows.rlhf import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -29,25 +30,15 @@ def sh(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> sub
     return p
 
 
-def project_copy(dest: Path) -> Path:
-    """The files git would give a fresh clone (tracked + untracked-not-ignored), in a new repo."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, text=True,
-                           capture_output=True, check=True).stdout.split("\n")
-    for f in filter(None, files):
-        if (ROOT / f).is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dest / f)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
-    return dest
-
-
 FLOW = ("from prefect.testing.utilities import prefect_test_harness\n"
         "from flows.rlhf import rlhf_pipeline\n"
         "with prefect_test_harness(server_startup_timeout=120):\n"
         "    for r in rlhf_pipeline():\n"
         "        print('RESULT', r['stage'], r['status'])\n")
+
+
+def flow_statuses(stdout: str) -> dict[str, str]:
+    return {l.split(None, 2)[1]: l.split(None, 2)[2] for l in stdout.splitlines() if l.startswith("RESULT")}
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +110,17 @@ def test_models_are_registered_with_lineage_under_one_parent_run(project):
 def test_rerun_is_cached_and_a_param_change_reruns_only_dependents(project):
     proj, _ = project
     again = sh([str(BIN / "python"), "-c", FLOW], proj).stdout
-    statuses = [l.split(None, 2)[2] for l in again.splitlines() if l.startswith("RESULT")]
-    assert statuses and all(s == "up to date (skipped)" for s in statuses), again
+    statuses = flow_statuses(again)
+    assert list(statuses) == list(STAGES) and set(statuses.values()) == {"cached (inputs unchanged)"}, again
     repro = sh([str(BIN / "dvc"), "repro"], proj).stdout
     assert "Data and pipelines are up to date" in repro, repro  # plain `dvc repro` is a no-op too
     set_params(proj / "params.yaml", ["dpo.beta=0.2"])
     status = sh([str(BIN / "dvc"), "status"], proj).stdout
     assert "dpo:" in status and "sft:" not in status and "reward:" not in status, status
     assert "ppo:" not in status and "ppo_ptx:" not in status, status
+    third = flow_statuses(sh([str(BIN / "python"), "-c", FLOW], proj).stdout)  # the Prefect cache agrees with DVC
+    assert third["dpo"] == third["evaluate"] == "ran", third
+    assert all(third[s] == "cached (inputs unchanged)" for s in STAGES[:4] + ("ppo", "ppo_ptx")), third
     set_params(proj / "params.yaml", ["ppo.kl_coef=0.02"])  # both RL variants read the ppo section
     status = sh([str(BIN / "dvc"), "status"], proj).stdout
     assert "ppo:" in status and "ppo_ptx:" in status and "reward:" not in status, status
@@ -170,4 +164,42 @@ def test_feedback_loop_second_iteration_trains_on_the_new_rankings(project):
     versions = json.loads(sh([str(BIN / "python"), "-c", code], proj).stdout.strip().splitlines()[-1])
     data_md5 = (proj / "data.dvc").read_text().split("md5: ")[1].split()[0]
     assert len(versions) == 2 and versions[0] != versions[1] and versions[1] == data_md5  # two iterations, two data versions
+    assert "Data and pipelines are up to date" in sh([str(BIN / "dvc"), "status"], proj).stdout
+
+
+def test_two_runs_at_once_queue_on_the_project_lock(project, tmp_path):
+    """Two `rlhf run -S ppo.kl_coef=...` started together in one project: the second waits on the
+    project lock (flows.rlhf.project_lock), so neither edits params.yaml, outputs/ or the registry
+    under the other; each pipeline run trains and registers with its own params."""
+    import json
+
+    proj, _ = project
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(proj),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{proj / 'mlflow.db'}", "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("RLHF_PARENT_RUN_ID", None)
+    values = ("0.011", "0.012")
+    procs = [subprocess.Popen([str(BIN / "rlhf"), "run", "-S", f"ppo.kl_coef={v}"], cwd=proj, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for v in values]
+    outs = [p.communicate(timeout=1200)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n=====\n".join(o[-3000:] for o in outs)
+    waited = [i for i, o in enumerate(outs) if "waiting for it to finish" in o]
+    assert len(waited) == 1, outs
+    second = values[waited[0]]
+    assert f"kl_coef: {second}" in (proj / "params.yaml").read_text()  # the run that went second edited last
+    code = ("import json\n"
+            "from mlflow import MlflowClient\n"
+            "c = MlflowClient()\n"
+            "exp = c.get_experiment_by_name('rlhf').experiment_id\n"
+            "out = []\n"
+            "for p in c.search_runs([exp], \"tags.stage = 'pipeline'\", order_by=['start_time DESC'], max_results=2):\n"
+            "    kids = c.search_runs([exp], f\"tags.mlflow.parentRunId = '{p.info.run_id}'\")\n"
+            "    ppo = [k for k in kids if k.data.tags.get('stage') == 'ppo']\n"
+            "    versions = [v.version for v in c.search_model_versions(\"name='policy'\") if ppo and v.run_id == ppo[0].info.run_id]\n"
+            "    out.append([p.data.params['ppo.kl_coef'], ppo[0].data.params['ppo.kl_coef'] if ppo else None, versions])\n"
+            "print(json.dumps(out))\n")
+    runs = json.loads(sh([str(BIN / "python"), "-c", code], proj).stdout.strip().splitlines()[-1])
+    assert sorted(r[0] for r in runs) == list(values), runs
+    for parent_kl, stage_kl, versions in runs:  # each stage saw its own run's params and registered one version
+        assert stage_kl == parent_kl and len(versions) == 1, runs
+    assert runs[0][2] != runs[1][2], runs
     assert "Data and pipelines are up to date" in sh([str(BIN / "dvc"), "status"], proj).stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from components import reward
@@ -48,3 +49,18 @@ def test_kwise_training_learns_a_ranking(tiny_model_dir):
     assert stats["steps"] == 40 and stats["answers"] == 40 * 4 * 4
     assert after["pairs"] == 8 * 6
     assert after["accuracy"] >= 0.9 > before["accuracy"], (before["accuracy"], after["accuracy"])
+
+
+def test_collapse_curves_by_level_and_by_shape():
+    """Hand-computed: a closed prompt with a two-point reward and an open one with a ramp, on a
+    4-point grid; `shape=True` min-max scales each prompt (a flat prompt has no shape: left out)."""
+    from components.reward import collapse_curves, curve_distance
+
+    prompts = [("closed", [0.1, 0.9, 0.1, 0.9]), ("open", [0.2, 0.8, 0.4, 0.6]), ("open", [0.5, 0.5, 0.5])]
+    level = collapse_curves(prompts[:2], grid=4)
+    assert level["closed"] == pytest.approx([0.9, 0.9, 0.1, 0.1]) and level["open"] == pytest.approx([0.8, 0.6, 0.4, 0.2])
+    assert curve_distance(level) == pytest.approx((0.1 + 0.3 + 0.3 + 0.1) / 4)
+    shape = collapse_curves(prompts, grid=4, shape=True)
+    assert shape["closed"] == pytest.approx([1, 1, 0, 0]) and shape["open"] == pytest.approx([1, 2 / 3, 1 / 3, 0])
+    assert curve_distance(shape) == pytest.approx((0 + 1 / 3 + 1 / 3 + 0) / 4)
+    assert collapse_curves(prompts, grid=4)["open"] == pytest.approx([0.65, 0.55, 0.45, 0.35])  # the flat one counts by level

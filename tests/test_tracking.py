@@ -1,4 +1,6 @@
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +47,34 @@ def test_failed_stage_run_is_marked_failed(isolated_mlflow):
 def test_write_metrics_is_json(tmp_path):
     tracking.write_metrics(tmp_path / "m" / "x.json", {"b": 1, "a": 0.5})
     assert json.loads((tmp_path / "m" / "x.json").read_text()) == {"a": 0.5, "b": 1}
+
+
+def test_registration_through_a_tracking_server_with_database_and_artifact_store(tiny_model_dir, tmp_path, monkeypatch):
+    """Running at scale: `mlflow server` with a database backend and an artifact store behind it
+    (proxied artifacts); a stage logs and registers through it, and the version loads back."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from components import procs
+
+    port = procs.free_port()
+    log = tmp_path / "server.log"
+    server = procs.start([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+                          "--port", str(port), "--workers", "1",
+                          "--backend-store-uri", f"sqlite:///{tmp_path / 'db.sqlite'}",
+                          "--artifacts-destination", str(tmp_path / "artifact-store")],
+                         env=procs.child_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}), log=log)
+    try:
+        procs.wait_healthy(f"http://127.0.0.1:{port}/health", server, timeout=120, what="mlflow server", log=log)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+        cfg = load_config(overrides=["common.experiment=test-server"])
+        with tracking.stage_run(cfg, "sft"):
+            version = tracking.register_model(tiny_model_dir, "sft", cfg, "sft", aliases=("candidate",))
+        mv = MlflowClient().get_model_version_by_alias("sft", "candidate")
+        assert mv.version == version.version and mv.tags["params_hash"] == cfg.section_hash("sft")
+        assert list((tmp_path / "artifact-store").rglob("model.safetensors"))  # the weights went to the store
+        local = mlflow.artifacts.download_artifacts("models:/sft@candidate", dst_path=str(tmp_path / "dl"))
+        assert (Path(local) / "model" / "model.safetensors").exists()
+    finally:
+        procs.stop(server)
