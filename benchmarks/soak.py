@@ -36,20 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def project_copy(dest: Path) -> Path:
-    """The files a fresh clone has (tracked + untracked-not-ignored), committed in a new git repo."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, text=True,
-                           capture_output=True, check=True).stdout.split("\n")
-    for f in filter(None, files):
-        if (ROOT / f).is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dest / f)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=soak@localhost", "-c", "user.name=soak", "commit", "-qm", "soak copy"]):
-        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
-    return dest
-
-
 def env_for(proj: Path) -> dict[str, str]:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(proj),
            "MLFLOW_TRACKING_URI": f"sqlite:///{proj / 'mlflow.db'}", "PYTHONUNBUFFERED": "1"}
@@ -149,6 +135,7 @@ def main() -> int:
 
     sys.path.insert(0, str(ROOT))
     from components.config import set_params
+    from components.procs import project_copy
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="rlhf-soak-"))
     work.mkdir(parents=True, exist_ok=True)
