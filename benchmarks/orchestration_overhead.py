@@ -33,6 +33,7 @@ from components.procs import project_copy  # noqa: E402
 from flows.rlhf import STAGES  # noqa: E402
 
 BIN = Path(sys.executable).parent
+MAKE_DATA = "from components.cli import ensure_data\nfrom components.config import load_config\nensure_data(load_config())"
 DIRECT = ("import sys, time, json, importlib\n"
           "from components.cli import ensure_data\n"
           "from components.config import load_config\n"
@@ -92,8 +93,7 @@ def main() -> None:
 
         proj = fresh(tmp, "processes", args.profile)
         t0 = time.time()
-        timed([str(BIN / "python"), "-c", "from components.cli import ensure_data\nfrom components.config import "
-               "load_config\nensure_data(load_config())"], proj, env_for(proj))
+        timed([str(BIN / "python"), "-c", MAKE_DATA], proj, env_for(proj))
         for stage in STAGES:  # the cmd of each dvc.yaml stage
             module = ["components.ppo", stage] if stage in ("ppo", "ppo_ptx") else [f"components.{stage}"]
             timed([str(BIN / "python"), "-m", *module], proj, env_for(proj))
@@ -102,8 +102,7 @@ def main() -> None:
 
         proj = fresh(tmp, "dvc", args.profile)
         t0 = time.time()
-        timed([str(BIN / "python"), "-c", "from components.cli import ensure_data\nfrom components.config import "
-               "load_config\nensure_data(load_config())"], proj, env_for(proj))
+        timed([str(BIN / "python"), "-c", MAKE_DATA], proj, env_for(proj))
         timed([str(BIN / "dvc"), "repro"], proj, env_for(proj))
         res["dvc_repro_s"] = round(time.time() - t0, 1)
         print(f"dvc repro:                      {res['dvc_repro_s']:7.1f} s", flush=True)

@@ -5,6 +5,7 @@ what depends on it."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,6 +36,16 @@ FLOW = ("from prefect.testing.utilities import prefect_test_harness\n"
         "with prefect_test_harness(server_startup_timeout=120):\n"
         "    for r in rlhf_pipeline():\n"
         "        print('RESULT', r['stage'], r['status'])\n")
+
+
+def py_json(proj: Path, code: str):
+    """Run ``code`` with the project's Python in ``proj``; its last output line, parsed as JSON."""
+    return json.loads(sh([str(BIN / "python"), "-c", code], proj).stdout.strip().splitlines()[-1])
+
+
+def data_md5(proj: Path) -> str:
+    """The data version: the md5 that ``data.dvc`` records."""
+    return (proj / "data.dvc").read_text().split("md5: ")[1].split()[0]
 
 
 def flow_statuses(stdout: str) -> dict[str, str]:
@@ -69,8 +80,6 @@ def test_flow_runs_every_stage_and_leaves_dvc_clean(project):
 
 def test_promotion_sets_candidate_and_records_the_verdict(project):
     proj, _ = project
-    import json
-
     code = ("import json\n"
             "from mlflow import MlflowClient\n"
             "c = MlflowClient()\n"
@@ -81,7 +90,7 @@ def test_promotion_sets_candidate_and_records_the_verdict(project):
             "    champ = None\n"
             "runs = c.search_runs([c.get_experiment_by_name('rlhf').experiment_id], \"tags.evaluated_model = 'ppo'\")\n"
             "print(json.dumps([str(v.version), v.tags.get('promotion'), champ, len(runs)]))\n")
-    version, verdict, champion, eval_runs = json.loads(sh([str(BIN / "python"), "-c", code], proj).stdout.strip().splitlines()[-1])
+    version, verdict, champion, eval_runs = py_json(proj, code)
     promoted = json.loads((proj / "metrics" / "promote.json").read_text())["promoted"]
     assert version == "1" and eval_runs == 1
     assert (verdict == "champion" and champion == "1") if promoted else (verdict.startswith("rejected: ") and champion is None)
@@ -98,13 +107,11 @@ def test_models_are_registered_with_lineage_under_one_parent_run(project):
             "    run = c.get_run(v.run_id)\n"
             "    out[name] = [v.tags.get('data_version'), v.tags.get('params_hash'), run.data.tags.get('mlflow.parentRunId')]\n"
             "print(json.dumps(out))\n")
-    import json
-
-    got = json.loads(sh([str(BIN / "python"), "-c", code], proj).stdout.strip().splitlines()[-1])
-    data_md5 = (proj / "data.dvc").read_text().split("md5: ")[1].split()[0]
+    got = py_json(proj, code)
+    md5 = data_md5(proj)
     parents = {v[2] for v in got.values()}
     assert len(parents) == 1 and None not in parents  # nested under the pipeline's parent run
-    assert all(v[0] == data_md5 and v[1] for v in got.values())
+    assert all(v[0] == md5 and v[1] for v in got.values())
 
 
 def test_rerun_is_cached_and_a_param_change_reruns_only_dependents(project):
@@ -139,8 +146,6 @@ def test_feedback_loop_second_iteration_trains_on_the_new_rankings(project):
     """InstructGPT's loop, unattended: the candidate answers the RL prompts (K = 4), the simulated
     labeler ranks them through the labeling path, the gate validates and `dvc add`s the grown data,
     and the next run retrains reward model and policy on it; gold reward reported per iteration."""
-    import json
-
     proj, _ = project
     rlhf = str(BIN / "rlhf")
     gold_1 = final_gold(proj)
@@ -161,9 +166,9 @@ def test_feedback_loop_second_iteration_trains_on_the_new_rankings(project):
             "c = MlflowClient()\n"
             "vs = sorted(c.search_model_versions(\"name='reward-model'\"), key=lambda v: int(v.version))\n"
             "print(json.dumps([v.tags.get('data_version') for v in vs]))\n")
-    versions = json.loads(sh([str(BIN / "python"), "-c", code], proj).stdout.strip().splitlines()[-1])
-    data_md5 = (proj / "data.dvc").read_text().split("md5: ")[1].split()[0]
-    assert len(versions) == 2 and versions[0] != versions[1] and versions[1] == data_md5  # two iterations, two data versions
+    versions = py_json(proj, code)
+    md5 = data_md5(proj)
+    assert len(versions) == 2 and versions[0] != versions[1] and versions[1] == md5  # two iterations, two data versions
     assert "Data and pipelines are up to date" in sh([str(BIN / "dvc"), "status"], proj).stdout
 
 
@@ -171,8 +176,6 @@ def test_two_runs_at_once_queue_on_the_project_lock(project, tmp_path):
     """Two `rlhf run -S ppo.kl_coef=...` started together in one project: the second waits on the
     project lock (flows.rlhf.project_lock), so neither edits params.yaml, outputs/ or the registry
     under the other; each pipeline run trains and registers with its own params."""
-    import json
-
     proj, _ = project
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(proj),
            "MLFLOW_TRACKING_URI": f"sqlite:///{proj / 'mlflow.db'}", "PREFECT_HOME": str(tmp_path / "prefect")}
@@ -197,7 +200,7 @@ def test_two_runs_at_once_queue_on_the_project_lock(project, tmp_path):
             "    versions = [v.version for v in c.search_model_versions(\"name='policy'\") if ppo and v.run_id == ppo[0].info.run_id]\n"
             "    out.append([p.data.params['ppo.kl_coef'], ppo[0].data.params['ppo.kl_coef'] if ppo else None, versions])\n"
             "print(json.dumps(out))\n")
-    runs = json.loads(sh([str(BIN / "python"), "-c", code], proj).stdout.strip().splitlines()[-1])
+    runs = py_json(proj, code)
     assert sorted(r[0] for r in runs) == list(values), runs
     for parent_kl, stage_kl, versions in runs:  # each stage saw its own run's params and registered one version
         assert stage_kl == parent_kl and len(versions) == 1, runs
