@@ -5,9 +5,10 @@
     (InstructGPT steps 1, 2, 3; DPO is the RL-free baseline; evaluate compares every model with
     SFT, and promote's gate decides which policy becomes `champion` in the MLflow registry)
 
-Each task runs its stage through DVC (``dvc repro --single-item <stage>``), so the stage logic
-exists once (``components/<stage>.py``, also what ``dvc repro`` runs), and after ``rlhf run`` the
-lock file is current: ``dvc status`` says everything is up to date. The flow is the scheduler and
+Each task runs its stage the way ``dvc repro --single-item <stage>`` does (``stage_runner``: DVC's
+Python API for the bookkeeping, the stage's dvc.yaml command forked from a warm interpreter), so the
+stage logic exists once (``components/<stage>.py``, also what ``dvc repro`` runs), and after
+``rlhf run`` the lock file is current: ``dvc status`` says everything is up to date. The flow is the scheduler and
 the observer: retries (``flow.retries``; a retried stage resumes from its checkpoint), a Prefect
 cache keyed on each stage's inputs (``stage_inputs``: the data, params, upstream models and code
 exactly as DVC records them), logs, the MLflow parent run whose id the stages receive, and a
@@ -22,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -33,6 +33,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE
 
 from components.config import ROOT, load_config, redact_uri
+from flows import stage_runner
 from components.tracking import (EXIT_BAD_INPUT, EXIT_BAD_PARAMS, PARENT_RUN_ENV, lineage_tags,
                                  set_offline_env, setup, tracking_uri)
 
@@ -45,7 +46,7 @@ class StageFailed(RuntimeError):
 
     def __init__(self, message: str, exit_code: int | None = None):
         super().__init__(message)
-        self.exit_code = exit_code  # the stage command's own code, when DVC reported it
+        self.exit_code = exit_code  # the stage command's own code (negative: killed by that signal)
 
 
 def worth_retrying(task, task_run, state) -> bool:
@@ -151,30 +152,32 @@ def _worth_logging(line: str, shown: dict[str, int]) -> bool:
 
 @task(name="stage", task_run_name="{stage}", cache_policy=INPUTS - "parent_run_id", persist_result=True)
 def run_stage(stage: str, inputs_key: str, parent_run_id: str | None = None) -> dict:
-    """``dvc repro --single-item <stage>``, its output streamed to the Prefect log. Cached on
+    """The stage as ``dvc repro --single-item <stage>`` runs it (``stage_runner``: DVC's API here,
+    the command forked from a warm interpreter), its output streamed to the Prefect log. Cached on
     (stage, inputs_key): see ``stage_inputs``."""
     logger = get_run_logger()
-    dvc = Path(sys.executable).with_name("dvc")
-    cmd = [str(dvc) if dvc.exists() else "dvc", "repro", "--single-item", stage]
     t0 = time.time()
     tail: list[str] = []
-    with subprocess.Popen(cmd, cwd=ROOT, env=_stage_env(parent_run_id), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
-        shown: dict[str, int] = {}
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line and _worth_logging(line, shown):
-                logger.info("%s | %s", stage, line)
-            tail = (tail + [line])[-40:]
-    seconds = round(time.time() - t0, 1)
-    if proc.returncode != 0:
-        codes = re.findall(r"exited with (-?\d+)", "\n".join(tail))  # DVC names the stage command's code
-        raise StageFailed(f"stage '{stage}' failed (exit {codes[-1] if codes else proc.returncode}) after {seconds} s:\n"
-                          + "\n".join(tail[-25:]), int(codes[-1]) if codes else None)
-    skipped = any("didn't change, skipping" in l or "is cached" in l for l in tail)
+    shown: dict[str, int] = {}
+
+    def on_line(line: str) -> None:
+        nonlocal tail
+        if line and _worth_logging(line, shown):
+            logger.info("%s | %s", stage, line)
+        tail = (tail + [line])[-40:]
+
+    def run(cmd: str) -> None:
+        logger.info("%s | > %s", stage, cmd)
+        env = {**_stage_env(parent_run_id), "DVC_ROOT": str(ROOT), "DVC_STAGE": stage}  # as DVC sets them
+        code = stage_runner.run_command(cmd, env, ROOT, on_line)
+        if code != 0:
+            raise StageFailed(f"stage '{stage}' failed (exit {code}) after {round(time.time() - t0, 1)} s:\n"
+                              + "\n".join(tail[-25:]), code)
+
+    status = stage_runner.reproduce(ROOT, stage, run)
     metrics_file = load_config().metrics_file(stage)
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    return {"stage": stage, "status": "up to date (skipped)" if skipped else "ran", "seconds": seconds, "metrics": metrics}
+    return {"stage": stage, "status": status, "seconds": round(time.time() - t0, 1), "metrics": metrics}
 
 
 @task(name="data")
@@ -244,6 +247,7 @@ def rlhf_pipeline(stages: tuple[str, ...] = STAGES) -> list[dict]:
 
 def _pipeline(stages: tuple[str, ...]) -> list[dict]:
     cfg = load_config()  # read under the lock: a queued run sees its own params
+    stage_runner.warm_up()  # the stages' libraries import in the background meanwhile
     prepare_data()
     mlflow = setup(cfg)
     results = []
@@ -259,6 +263,9 @@ def _pipeline(stages: tuple[str, ...]) -> list[dict]:
             markdown += "\n\n" + extra.read_text()
     create_markdown_artifact(markdown=markdown, key="rlhf-run-summary",
                              description="Stages, status and metrics of this pipeline run; alignment tax; promotion")
+    print("stage        status                              seconds")
+    for r in results:
+        print(f"{r['stage']:<12} {r['status']:<34} {r['seconds']:>8.1f}")
     report = cfg.out_dir("validate") / "report.html"
     print(f"Validation report: {report}")
     print(f"MLflow: {run_url}  (browse with: rlhf ui)")
