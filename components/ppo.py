@@ -48,9 +48,22 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def response_logits(model, input_ids, attention_mask, prompt_len: int) -> torch.Tensor:
-    """(B, T, V) logits that predict each response token (position t predicts token t + 1)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
-    return out.logits[:, prompt_len - 1: -1].float()
+    """(B, T, V) logits that predict each response token (position t predicts token t + 1). The LM
+    head runs on those T positions only (``logits_to_keep``), not on the prompt's."""
+    keep = input_ids.shape[1] - prompt_len + 1  # positions prompt_len - 1 .. end
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                logits_to_keep=keep)
+    return out.logits[:, :-1].float()
+
+
+def trim(attention_mask: torch.Tensor, prompt_len: int) -> tuple[int, int]:
+    """Columns ``[start, end)`` of a minibatch that hold a real token of any of its rows: the left
+    padding all its prompts share and the right padding after its longest response are cut
+    before the forward pass (same result, fewer tokens). ``start <= prompt_len - 1 < end``."""
+    real = attention_mask.bool().any(dim=0)
+    start = int(real.float().argmax())
+    end = real.numel() - int(real.flip(0).float().argmax())
+    return min(start, prompt_len - 1), max(end, prompt_len + 1)
 
 
 def response_values(value_model, input_ids, attention_mask, prompt_len: int) -> torch.Tensor:
@@ -165,8 +178,10 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
         print(f"[ppo] warning: {cut} prompts longer than ppo.max_prompt_length={pc.max_prompt_length} tokens "
               "were left-truncated", flush=True)
     stream = PretrainStream(pretrain, tok, pc.ptx_batch_size, pc.ptx_max_length, seed) if ptx_coef > 0 else None
-    opt_pi = torch.optim.AdamW([p for p in m.policy.parameters() if p.requires_grad], lr=pc.lr, weight_decay=0.0)
-    opt_v = torch.optim.AdamW([p for p in m.value.parameters() if p.requires_grad], lr=pc.value_lr, weight_decay=0.0)
+    # fused: one kernel per step instead of a loop over parameter tensors (CPU and CUDA)
+    opt_pi = torch.optim.AdamW([p for p in m.policy.parameters() if p.requires_grad], lr=pc.lr, weight_decay=0.0, fused=True)
+    opt_v = torch.optim.AdamW([p for p in m.value.parameters() if p.requires_grad], lr=pc.value_lr, weight_decay=0.0,
+                              fused=True)
     kl_ctl = L.kl_controller(pc.kl_coef, pc.target_kl, pc.kl_horizon)
     order: list[int] = []
     history: list[dict] = []
@@ -224,13 +239,17 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
         for _ in range(pc.ppo_epochs):
             perm = torch.randperm(len(idx))
             for mb in perm.split(pc.minibatch_size):
+                start, end = trim(ro.attention_mask[mb], ro.prompt_len)
+                mb_ids, mb_attn, p_len = ro.input_ids[mb, start:end], ro.attention_mask[mb, start:end], ro.prompt_len - start
+                t = end - ro.prompt_len  # response columns kept
+                mask = ro.mask[mb, :t]
                 with autocast():
-                    logits = response_logits(m.policy, ro.input_ids[mb], ro.attention_mask[mb], ro.prompt_len)
-                    values = response_values(m.value, ro.input_ids[mb], ro.attention_mask[mb], ro.prompt_len)
-                logp = L.logprobs_from_logits(logits, resp_tokens[mb])
-                pg_loss, pg_stats = L.policy_loss(logp, old_logp[mb], advantages[mb], ro.mask[mb], pc.clip_coef)
-                vf_loss, vf_stats = L.value_loss(values, old_values[mb], returns[mb], ro.mask[mb], pc.clip_range_value)
-                entropy = L.masked_mean(L.entropy_from_logits(logits), ro.mask[mb])
+                    logits = response_logits(m.policy, mb_ids, mb_attn, p_len)
+                    values = response_values(m.value, mb_ids, mb_attn, p_len)
+                logp = L.logprobs_from_logits(logits, resp_tokens[mb, :t])
+                pg_loss, pg_stats = L.policy_loss(logp, old_logp[mb, :t], advantages[mb, :t], mask, pc.clip_coef)
+                vf_loss, vf_stats = L.value_loss(values, old_values[mb, :t], returns[mb, :t], mask, pc.clip_range_value)
+                entropy = L.masked_mean(L.entropy_from_logits(logits), mask)
                 ptx_nll = torch.zeros(())
                 if stream is not None:
                     ids, attn = stream.next()

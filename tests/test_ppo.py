@@ -86,3 +86,42 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_model_dir, tmp_path):
         assert torch.equal(pa, pb), name
     for pa, pb in zip(a.value.parameters(), b.value.parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_trim_keeps_every_real_column_of_the_minibatch():
+    # 2 rows, prompt_len 3 (left-padded), 4 response columns; row 0: prompt 2 + response 1, row 1: prompt 1 + response 2
+    attn = torch.tensor([[0, 1, 1, 1, 0, 0, 0],
+                         [0, 0, 1, 1, 1, 0, 0]])
+    assert ppo.trim(attn, 3) == (1, 5)
+    assert ppo.trim(torch.ones(2, 7, dtype=torch.long), 3) == (0, 7)
+    assert ppo.trim(torch.tensor([[0, 0, 1, 0, 0]]), 3) == (2, 4)  # keeps prompt_len - 1 and one response column
+
+
+def test_trimmed_forward_equals_the_full_one(tiny_model_dir):
+    """The minibatch forward on the trimmed columns gives the same log-probs and values on every real
+    response token as the forward on the whole padded rollout (LM head only on response positions)."""
+    m = models(tiny_model_dir)
+    torch.manual_seed(0)
+    pc = PPOConfig(max_new_tokens=6, temperature=1.0)
+    ids, _ = ppo.encode_prompts(m.tokenizer, PROMPTS[:4] + ["A much longer prompt " * 3], "", 64)
+    ro = ppo.rollout(m.policy, m.tokenizer, PROMPTS[:4] + ["x"], ids, pc, lambda: torch.autocast("cpu", enabled=False))
+    resp = ro.input_ids[:, ro.prompt_len:]
+    with torch.no_grad():
+        full_lp = torch.log_softmax(ppo.response_logits(m.policy, ro.input_ids, ro.attention_mask, ro.prompt_len), -1)
+        full_v = ppo.response_values(m.value, ro.input_ids, ro.attention_mask, ro.prompt_len)
+        every = m.policy(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
+                         position_ids=ppo.position_ids(ro.attention_mask)).logits  # the head on every position
+        torch.testing.assert_close(full_lp, torch.log_softmax(every[:, ro.prompt_len - 1: -1].float(), -1))
+        mb = torch.tensor([0, 1])  # two short prompts: the long one's left padding is cut
+        start, end = ppo.trim(ro.attention_mask[mb], ro.prompt_len)
+        assert start > 0
+        t = end - ro.prompt_len
+        lp = torch.log_softmax(ppo.response_logits(m.policy, ro.input_ids[mb, start:end], ro.attention_mask[mb, start:end],
+                                                   ro.prompt_len - start), -1)
+        v = ppo.response_values(m.value, ro.input_ids[mb, start:end], ro.attention_mask[mb, start:end], ro.prompt_len - start)
+    mask = ro.mask[mb, :t]
+    got = lp.gather(-1, resp[mb, :t, None]).squeeze(-1)[mask]
+    want = full_lp[mb, :t].gather(-1, resp[mb, :t, None]).squeeze(-1)[mask]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(v[mask], full_v[mb, :t][mask], atol=1e-5, rtol=1e-5)
+    assert not ro.mask[mb, t:].any()  # nothing real was cut on the right
