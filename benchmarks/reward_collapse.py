@@ -9,6 +9,15 @@ accuracy (ties excluded), the open and closed curves by level (mean sorted sigmo
 Trains nothing: train the models first, e.g. `rlhf run` (default utilities) and
 `python -m components.reward 'reward.utility={closed: logsigmoid, open: logsigmoid, unknown: logsigmoid}'`
 with common.outputs_dir pointing elsewhere.
+
+`--probe SFT_FOLDER` asks what the utilities do when training runs to (near) its optimum, which the
+stage's 60 steps do not reach: the SFT model's last-token features of every answer are computed once
+(frozen backbone), then a linear reward head is trained on them full-batch for `--probe-steps`
+Adam steps, once per utility setting, from the same seed; only `kwise_loss`'s utilities differ.
+Curves are reported on the training prompts (what the paper's optimum is about) and held out:
+
+    .venv/bin/python benchmarks/reward_collapse.py --data data --probe outputs/sft \
+        --out benchmarks/results/reward_collapse_probe.json --png benchmarks/results/reward_collapse_probe.png
 """
 
 from __future__ import annotations
@@ -49,18 +58,112 @@ def score(folder: Path, data_dir: Path) -> dict:
             "distance_shape": round(reward.curve_distance(shape), 4), "level": level, "shape": shape}
 
 
+SETTINGS = {"prompt-aware (closed linear, open log)": {"closed": "linear", "open": "log", "unknown": "logsigmoid"},
+            "logsigmoid for all (default)": {"closed": "logsigmoid", "open": "logsigmoid", "unknown": "logsigmoid"}}
+
+
+def features(folder: Path, recs: list[dict], cfg) -> tuple:
+    """(B, K, d) last-token hidden states of every answer (frozen SFT backbone), (B, K) ranks and
+    mask, and the prompt types; one forward pass per answer, length-bucketed."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from components import reward
+    from components.base_model import pad_batch
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder, use_safetensors=True).eval()
+    items, _ = reward.encode_comparisons(recs, tokenizer, cfg, {t: 0 for t in reward.PROMPT_TYPES})
+    seqs = [ids for it in items for ids in it["ids"]]
+    feats = [None] * len(seqs)
+    with torch.no_grad():
+        for group in reward.length_buckets([len(x) for x in seqs], 2048):
+            ids, attn = pad_batch([seqs[i] for i in group], tokenizer.pad_token_id)
+            h = model(input_ids=ids, attention_mask=attn).last_hidden_state
+            last = attn.sum(1) - 1
+            for row, i in enumerate(group):
+                feats[i] = h[row, last[row]].float()
+    k = max(len(it["ids"]) for it in items)
+    x = torch.zeros(len(items), k, feats[0].numel())
+    ranks = torch.zeros(len(items), k, dtype=torch.long)
+    mask = torch.zeros(len(items), k, dtype=torch.bool)
+    n = 0
+    for b, it in enumerate(items):
+        m = len(it["ids"])
+        x[b, :m] = torch.stack(feats[n: n + m])
+        ranks[b, :m] = torch.tensor(it["ranks"])
+        mask[b, :m] = True
+        n += m
+    return x, ranks, mask, [it["prompt_type"] for it in items]
+
+
+def probe(folder: Path, data_dir: Path, steps: int, lr: float) -> dict:
+    import torch
+
+    from components import reward
+    from components.config import load_config
+    from components.data import FILES, read_jsonl, split_records
+    from components.reward_losses import kwise_loss, pairwise_accuracy
+
+    cfg = load_config(overrides=[f"common.data_dir={data_dir}"])
+    recs = read_jsonl(data_dir / FILES["comparisons"])
+    train_recs, eval_recs = split_records(recs, cfg.common.eval_fraction, cfg.common.seed)
+    t0 = time.time()
+    splits = {"train": features(folder, train_recs, cfg), "held_out": features(folder, eval_recs, cfg)}
+    print(f"features of {sum(int(v[2].sum()) for v in splits.values())} answers: {time.time() - t0:.0f} s", flush=True)
+    x_train = splits["train"][0][splits["train"][2]]
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6  # standardised features: one lr fits every setting
+    results = {}
+    for label, utility in SETTINGS.items():
+        names = tuple(dict.fromkeys(utility.values()))
+        uid = {split: torch.tensor([names.index(utility[t]) for t in v[3]]) for split, v in splits.items()}
+        torch.manual_seed(0)
+        head = torch.nn.Linear(x_train.shape[1], 1)
+        opt = torch.optim.Adam(head.parameters(), lr=lr)
+        x, ranks, mask, _ = splits["train"]
+        for _ in range(steps):
+            loss, _ = kwise_loss(head((x - mu) / sd).squeeze(-1), ranks, mask, uid["train"], names, cfg.reward.utility_eps)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out = {"utility": utility, "steps": steps, "final_train_loss": round(float(loss.detach()), 5)}
+        with torch.no_grad():
+            for split, (x, ranks, mask, types) in splits.items():
+                r = head((x - mu) / sd).squeeze(-1)
+                c, t = pairwise_accuracy(r, ranks, mask)
+                per_prompt = [(types[b], torch.sigmoid(r[b][mask[b]]).tolist()) for b in range(len(types))]
+                level = reward.collapse_curves(per_prompt)
+                shape = reward.collapse_curves(per_prompt, shape=True)
+                out[split] = {"accuracy": round(c / t, 4), "pairs": t, "prompts": len(types), "level": level,
+                              "shape": shape, "distance_level": round(reward.curve_distance(level), 4),
+                              "distance_shape": round(reward.curve_distance(shape), 4),
+                              "two_point_share": {t: round(v, 4) for t, v in reward.two_point_share(per_prompt).items()}}
+        results[label] = out
+        for split in splits:
+            o = out[split]
+            print(f"{label:34s} {split:8s} accuracy {o['accuracy']:.3f}  open-closed gap: level "
+                  f"{o['distance_level']:.3f}, shape {o['distance_shape']:.3f}; share of rewards at 0 or 1 "
+                  + ", ".join(f"{t} {v:.2f}" for t, v in o["two_point_share"].items()), flush=True)
+    return results
+
+
+COLORS = {"closed": "tab:orange", "open": "tab:blue", "unknown": "tab:gray"}
+
+
 def plot(results: dict[str, dict], png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(results), 2, figsize=(9, 3.2 * len(results)), squeeze=False)
+    fig, axes = plt.subplots(len(results), 2, figsize=(11, 3.2 * len(results)), squeeze=False)
     for row, (label, r) in zip(axes, results.items()):
         for ax, view, ylabel in ((row[0], "level", "sigmoid(r)"), (row[1], "shape", "min-max scaled per prompt")):
-            for t, ys in r[view].items():
-                ax.plot([i / (len(ys) - 1) for i in range(len(ys))], ys, marker="o", label=t)
-            ax.set_title(f"{label}: accuracy {r['accuracy']:.3f}, open-closed gap {r['distance_' + view]:.3f}", fontsize=8)
+            for t, ys in sorted(r[view].items()):
+                ax.plot([i / (len(ys) - 1) for i in range(len(ys))], ys, marker="o", label=t, color=COLORS.get(t))
+            extremes = ", ".join(f"{t} {v:.2f}" for t, v in r.get("two_point_share", {}).items())
+            ax.set_title(f"{label}\naccuracy {r['accuracy']:.3f}, open-closed gap {r['distance_' + view]:.3f}"
+                         + (f"; at 0 or 1: {extremes}" if extremes and view == "shape" else ""), fontsize=8)
             ax.set_xlabel("answer position, best (0) to worst (1)")
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=7)
@@ -73,13 +176,26 @@ def plot(results: dict[str, dict], png: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT / "data"), help="folder with comparisons.jsonl (its eval split is scored)")
-    ap.add_argument("--model", action="append", required=True, metavar="LABEL=FOLDER")
+    ap.add_argument("--model", action="append", metavar="LABEL=FOLDER")
+    ap.add_argument("--probe", metavar="SFT_FOLDER", help="linear heads on frozen SFT features, trained to the optimum")
+    ap.add_argument("--probe-steps", type=int, default=3000)
+    ap.add_argument("--probe-lr", type=float, default=0.01)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reward_collapse.json"))
     ap.add_argument("--png", default=str(ROOT / "benchmarks" / "results" / "reward_collapse.png"))
     args = ap.parse_args()
     from components.tracking import set_offline_env
 
     set_offline_env()
+    if args.probe:
+        res = probe(Path(args.probe), Path(args.data), args.probe_steps, args.probe_lr)
+        plot({f"{label}, {split}": {**r[split], "utility": r["utility"]} for label, r in res.items()
+              for split in ("train", "held_out")}, Path(args.png))
+        Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
+                                              "sft": args.probe, "probe": res}, indent=2) + "\n")
+        print(f"wrote {args.out} and {args.png}")
+        return
+    if not args.model:
+        ap.error("give --model LABEL=FOLDER (one or more) or --probe SFT_FOLDER")
     results = {}
     for spec in args.model:
         label, _, folder = spec.rpartition("=")

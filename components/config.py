@@ -184,8 +184,8 @@ class RewardConfig(TrainingSchedule):
     freeze_layers: int = Field(0, ge=0, description="Freeze the embeddings and the first N transformer layers (speed).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     utility: dict[str, UtilityName] = Field(
-        default_factory=lambda: {"closed": "linear", "open": "log", "unknown": "logsigmoid"},
-        description="Utility U per prompt_type (reward-collapse paper); all 'logsigmoid' = plain InstructGPT.")
+        default_factory=lambda: {"closed": "logsigmoid", "open": "logsigmoid", "unknown": "logsigmoid"},
+        description="Utility U per prompt_type (reward-collapse paper: closed 'linear', open 'log'); all 'logsigmoid' = plain InstructGPT.")
     utility_eps: float = Field(0.01, gt=0, description="epsilon of log(x+eps), -1/(x+eps), -1/(x+eps)^2.")
     bounded: bool = Field(True, description="Downstream reward = sigmoid(r) (in (0,1), as the utilities train it); false: raw r.")
     eval_batch_size: int = Field(16, ge=1, description="Answers per forward pass when scoring (PPO, evaluation).")

@@ -180,6 +180,21 @@ def collapse_curves(rewards_by_prompt: list[tuple[str, list[float]]], grid: int 
     return {t: np.mean(v, axis=0).round(6).tolist() for t, v in acc.items()}
 
 
+def two_point_share(rewards_by_prompt: list[tuple[str, list[float]]], tol: float = 0.1) -> dict[str, float]:
+    """Per prompt type, the mean share of a prompt's rewards at its extremes: within ``tol`` of its
+    lowest or highest reward after min-max scaling. 1.0 is a two-point distribution (the paper's
+    optimum of U = x for a closed prompt); 2/9 is nine evenly spread rewards. Prompts with fewer
+    than 3 answers, or all-equal rewards, say nothing and are left out."""
+    acc: dict[str, list[float]] = {}
+    for ptype, r in rewards_by_prompt:
+        lo, hi = min(r, default=0.0), max(r, default=0.0)
+        if len(r) < 3 or hi <= lo:
+            continue
+        z = [(x - lo) / (hi - lo) for x in r]
+        acc.setdefault(ptype, []).append(sum(v <= tol or v >= 1 - tol for v in z) / len(z))
+    return {t: sum(v) / len(v) for t, v in sorted(acc.items())}
+
+
 def curve_distance(curves: dict[str, list[float]]) -> float:
     """Mean absolute gap between the open and closed curves (nan when one type is missing)."""
     if "open" not in curves or "closed" not in curves:
@@ -496,8 +511,9 @@ def run(cfg: Config) -> dict:
     ckpt.unlink(missing_ok=True)  # finished: the checkpoint only matters for resuming
     metrics = {"val_accuracy": ev["accuracy"], "val_pairs": ev["pairs"], "val_loss": ev["loss"],
                "reward_mean": ev["reward_mean"], "reward_std": ev["reward_std"], "demo_bias": bias,
-               "collapse_distance": distance, "collapse_distance_sigmoid": curve_distance(curves), "train_loss": stats["loss"], "train_seconds": round(seconds, 1),
-               "steps": total,
+               "collapse_distance": distance, "collapse_distance_sigmoid": curve_distance(curves),
+               **{f"two_point_share_{t}": v for t, v in two_point_share(per_prompt).items()},
+               "train_loss": stats["loss"], "train_seconds": round(seconds, 1), "steps": total,
                "answers_per_second": seen_answers / seconds, "n_train": len(train_items), "n_eval": len(eval_items),
                "model_version": int(version.version)}
     print(f"[reward] held-out pairwise accuracy {ev['accuracy']:.3f} on {ev['pairs']} pairs; collapse distance "

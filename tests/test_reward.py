@@ -64,3 +64,14 @@ def test_collapse_curves_by_level_and_by_shape():
     assert shape["closed"] == pytest.approx([1, 1, 0, 0]) and shape["open"] == pytest.approx([1, 2 / 3, 1 / 3, 0])
     assert curve_distance(shape) == pytest.approx((0 + 1 / 3 + 1 / 3 + 0) / 4)
     assert collapse_curves(prompts, grid=4)["open"] == pytest.approx([0.65, 0.55, 0.45, 0.35])  # the flat one counts by level
+
+
+def test_two_point_share_hand_computed():
+    """Two-point rewards: all at the extremes (1.0); an even ramp of 5: only its ends (2/5); a value
+    0.05 above the minimum after scaling counts as at it (tol 0.1); flat and two-answer prompts say nothing."""
+    from components.reward import two_point_share
+
+    prompts = [("closed", [0.1, 0.9, 0.1, 0.9]), ("open", [0.0, 0.25, 0.5, 0.75, 1.0]),
+               ("open", [0.0, 0.05, 0.5, 1.0]), ("open", [0.3, 0.3, 0.3]), ("closed", [0.2, 0.7])]
+    share = two_point_share(prompts)
+    assert share == pytest.approx({"closed": 1.0, "open": (2 / 5 + 3 / 4) / 2})
