@@ -4,7 +4,8 @@ component functions called directly, each in a fresh copy of the project, one af
   direct        one Python process calls each stage's entry point (tracking.stage_main) in turn
   processes     `python -m components.<stage>` per stage, what dvc.yaml runs, without DVC
   dvc repro     the whole dvc.yaml, no Prefect
-  flow          `rlhf run` against a Prefect server started beforehand (its start-up reported apart)
+  flow          `rlhf run` against a Prefect server started beforehand (its start-up reported apart);
+                its per-stage seconds (the table it prints) against the direct calls' per-stage seconds
   flow, cached  `rlhf run` again: every stage comes from the Prefect cache
   dvc no-op     `dvc repro` once everything is up to date
 
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -49,6 +51,13 @@ DIRECT = ("import sys, time, json, importlib\n"
           "        stage_main(stage, importlib.import_module(f'components.{stage}').run, argv=[])\n"
           "    out[stage] = time.time() - t\n"
           "print('TIMES ' + json.dumps(out))\n")
+
+
+def flow_stage_seconds(out: str) -> dict[str, float]:
+    """Each stage's seconds from the table `rlhf run` prints at its end (stage, status, seconds)."""
+    found = re.findall(r"\b(" + "|".join(STAGES) + r")\s+(?:ran|[a-z]+ \([a-z ]+\)|restored from the DVC run cache)"
+                       r"\s+([\d.]+)\s*$", out, flags=re.M)
+    return {stage: float(sec) for stage, sec in found}
 
 
 def env_for(proj: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -119,6 +128,7 @@ def main() -> None:
             env = env_for(proj, {**home, "PREFECT_API_URL": api})
             seconds, out = timed([str(BIN / "rlhf"), "run"], proj, env)
             res["flow_s"] = round(seconds, 1)
+            res["flow_per_stage_s"] = flow_stage_seconds(out)
             print(f"rlhf run (Prefect flow):        {seconds:7.1f} s  (+ server start {res['prefect_server_start_s']} s)",
                   flush=True)
             seconds, out = timed([str(BIN / "rlhf"), "run"], proj, env)
@@ -126,7 +136,16 @@ def main() -> None:
             res["flow_cached_all"] = out.count("cached (inputs unchanged)") >= len(STAGES)
             print(f"rlhf run again (all cached):    {seconds:7.1f} s", flush=True)
     res["overhead_vs_direct"] = round(res["flow_s"] / res["direct_s"] - 1, 3)
+    # where it goes: inside the stages (sum of the flow's stage times vs the direct calls') and
+    # around them (the rest of the flow's wall time: CLI and Prefect start, MLflow parent run, DVC)
+    flow_stages = sum(res["flow_per_stage_s"].values())
+    direct_stages = sum(v for k, v in res["direct_per_stage_s"].items() if k != "data")
+    res["stage_overhead_vs_direct"] = round(flow_stages / direct_stages - 1, 3)
+    res["flow_outside_stages_s"] = round(res["flow_s"] - flow_stages, 1)
+    res["direct_outside_stages_s"] = round(res["direct_s"] - direct_stages, 1)
     res["overhead_vs_processes"] = round(res["flow_s"] / res["processes_s"] - 1, 3)
+    print(f"stages inside the flow vs called directly: {100 * res['stage_overhead_vs_direct']:.1f} %; outside the "
+          f"stages: flow {res['flow_outside_stages_s']} s, direct {res['direct_outside_stages_s']} s")
     print(f"flow overhead vs direct calls: {100 * res['overhead_vs_direct']:.1f} %; "
           f"vs one process per stage: {100 * res['overhead_vs_processes']:.1f} %")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -128,6 +128,9 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from flows import stage_runner
+
+    stage_runner.warm_up()  # the stages' libraries import in the background while Prefect starts
     from flows.rlhf import project_lock, rlhf_pipeline
 
     overrides = _overrides(args)

@@ -31,7 +31,12 @@ from pathlib import Path
 # Imported once by the forkserver, then shared by every stage it forks (copy-on-write).
 # Third-party only: the project's own modules are imported fresh by each stage, so an edit between
 # two runs is always seen.
-PRELOAD = ["torch", "transformers", "trl", "datasets", "accelerate", "mlflow", "pandas"]
+# Beyond the packages, the submodules every stage reaches lazily (measured with python -X importtime:
+# ~2.8 s per stage on 2 cores): MLflow's SQL stores, transformers' model layers and Trainer, pyplot.
+PRELOAD = ["torch", "transformers", "trl", "datasets", "accelerate", "mlflow", "pandas",
+           "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
+           "transformers.utils.type_validators", "transformers.modeling_layers", "transformers.trainer",
+           "matplotlib.pyplot", "git"]
 
 _ctx = multiprocessing.get_context("forkserver")
 _ctx.set_forkserver_preload(PRELOAD)
