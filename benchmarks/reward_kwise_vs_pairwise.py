@@ -9,6 +9,8 @@ pairwise accuracy (``components.reward.evaluate``, ties excluded).
 
     python benchmarks/reward_kwise_vs_pairwise.py --model outputs/sft            # K = 4..9 built-in + oasst2
     python benchmarks/reward_kwise_vs_pairwise.py --model outputs/sft --ks 4 9 --n-train 8
+    python benchmarks/reward_kwise_vs_pairwise.py --model outputs/sft --equal-time \
+        --out benchmarks/results/reward_kwise_equal_time.json   # + ours for TRL's wall time (more epochs)
 
 Prints a table and writes JSON to benchmarks/results/reward_kwise_vs_pairwise.json.
 Target (issue 3): speed-up >= 0.8 x (K - 1) at each K in 4..9, with equal or better accuracy.
@@ -60,7 +62,7 @@ def _items(path: Path, tokenizer, max_length: int) -> list[dict]:
 def _rc(args):
     from components.config import RewardConfig
 
-    return RewardConfig(epochs=1, lr=args.lr, head_lr=args.lr, warmup_ratio=0.0, weight_decay=0.0,
+    return RewardConfig(epochs=args.epochs, lr=args.lr, head_lr=args.lr, warmup_ratio=0.0, weight_decay=0.0,
                         prompts_per_batch=args.prompts_per_batch, max_length=args.max_length,
                         utility={"closed": "logsigmoid", "open": "logsigmoid", "unknown": "logsigmoid"},
                         logging_steps=10**6, save_steps=10**6)
@@ -131,7 +133,7 @@ def _oasst(n_train: int, n_eval: int) -> tuple[list[dict], list[dict]] | None:
     return comps[:n_train], comps[n_train: n_train + n_eval]
 
 
-def run_side(side: str, train: list[dict], evals: list[dict], args) -> dict:
+def run_side(side: str, train: list[dict], evals: list[dict], args, epochs: int = 1) -> dict:
     from components.data import write_jsonl
 
     with tempfile.TemporaryDirectory() as d:
@@ -140,7 +142,8 @@ def run_side(side: str, train: list[dict], evals: list[dict], args) -> dict:
         cmd = [sys.executable, __file__, "--worker", side, "--train", f"{d}/train.jsonl", "--eval", f"{d}/eval.jsonl",
                "--model", args.model, "--freeze-layers", str(args.freeze_layers), "--lr", str(args.lr),
                "--max-length", str(args.max_length), "--prompts-per-batch", str(args.prompts_per_batch),
-               "--pairs-per-batch", str(args.pairs_per_batch), "--threads", str(args.threads)]
+               "--pairs-per-batch", str(args.pairs_per_batch), "--threads", str(args.threads),
+               "--epochs", str(epochs)]
         p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         if p.returncode != 0:
             raise RuntimeError(f"{side} worker failed:\n{p.stderr[-3000:]}")
@@ -160,6 +163,9 @@ def main() -> None:
     ap.add_argument("--pairs-per-batch", type=int, default=8, help="TRL: pairs per step")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-oasst", action="store_true")
+    ap.add_argument("--equal-time", action="store_true",
+                    help="also train ours for as many epochs as fit in TRL's one-epoch time (floor of the speed-up)")
+    ap.add_argument("--epochs", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reward_kwise_vs_pairwise.json"))
     ap.add_argument("--worker", choices=["kwise", "pairwise"], help=argparse.SUPPRESS)
     ap.add_argument("--train", help=argparse.SUPPRESS)
@@ -178,16 +184,18 @@ def main() -> None:
     if not args.no_oasst and (o := _oasst(args.n_train * 2, args.n_eval * 2)):
         sets.append(("oasst2 (K=2..7)", None, *o))
     rows = []
-    print(f"{'data':18} {'side':9} {'s/epoch':>8} {'fwd seqs':>9} {'RSS MB':>8} {'val acc':>8}", flush=True)
+    print(f"{'data':18} {'side':16} {'s/epoch':>8} {'fwd seqs':>9} {'RSS MB':>8} {'val acc':>8}", flush=True)
     for name, k, train, evals in sets:
         res = {side: run_side(side, train, evals, args) for side in ("kwise", "pairwise")}
         speedup = res["pairwise"]["epoch_seconds"] / res["kwise"]["epoch_seconds"]
+        if args.equal_time and int(speedup) > 1:  # the same wall-clock budget as TRL's epoch
+            res["kwise_equal_time"] = {**run_side("kwise", train, evals, args, epochs=int(speedup)), "epochs": int(speedup)}
         row = {"data": name, "k": k, "speedup": round(speedup, 2),
                "target_speedup": round(0.8 * (k - 1), 2) if k else None, **{s: res[s] for s in res}}
         rows.append(row)
-        for side in ("kwise", "pairwise"):
+        for side in res:
             r = res[side]
-            print(f"{name:18} {side:9} {r['epoch_seconds']:8.1f} {r['forward_sequences']:9d} {r['peak_rss_mb']:8.0f} "
+            print(f"{name:18} {side:16} {r['epoch_seconds']:8.1f} {r['forward_sequences']:9d} {r['peak_rss_mb']:8.0f} "
                   f"{r['val_accuracy']:8.3f}", flush=True)
         print(f"{'':18} speed-up {speedup:.2f}x" + (f" (target {0.8 * (k - 1):.1f}x)" if k else ""), flush=True)
     out = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
