@@ -129,8 +129,9 @@ def reproduce(root: Path, stage: str, run: Callable[[str], None]) -> str:
             except RunCacheNotFoundError:
                 st.save_deps()
                 status = "ran"
-        if status == "ran":
-            run(st.cmd)  # without DVC's lock, as DVC runs commands (other dvc readers may proceed)
+        if status == "ran":  # without DVC's lock, as DVC runs commands (other dvc readers may proceed)
+            for cmd in st.cmd if isinstance(st.cmd, list) else [st.cmd]:  # dvc.yaml allows a list
+                run(cmd)
         with repo.lock:
             uncached = any(not o.use_cache for o in st.outs if not (o.is_metric or o.is_plot))
             st.save(run_cache=not uncached)  # hash deps and outs; the run cache learns this run
