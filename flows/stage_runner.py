@@ -12,8 +12,8 @@ on 2 cores, more than most tiny stages take to run). Here:
   forked from a warm interpreter that imported the heavy libraries once (multiprocessing's
   forkserver, ``PRELOAD``). The child is still a process of its own: its memory goes back when
   it ends, a crash or a kill stays inside it, and it runs the very module ``python -m`` runs
-  (``runpy``), with the environment and working directory DVC would give it. Any other command runs
-  in a shell, as DVC runs it.
+  (``runpy``), with the environment and working directory DVC would give it. Other commands are
+  refused with a clear error (no shell here; ``dvc repro`` still runs them).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import io
 import multiprocessing
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +55,7 @@ def warm_up() -> None:
 
 def python_module(cmd: str) -> tuple[str, list[str]] | None:
     """``"python -m components.ppo ppo_ptx"`` -> ``("components.ppo", ["ppo_ptx"])``; None for any
-    other command (it then runs in a shell, as DVC runs it)."""
+    other command."""
     parts = shlex.split(cmd)
     if len(parts) >= 3 and parts[0] in ("python", "python3") and parts[1] == "-m":
         return parts[2], parts[3:]
@@ -90,11 +89,8 @@ def run_command(cmd: str, env: dict[str, str], cwd: Path, on_line: Callable[[str
     to ``on_line``; returns its exit code (negative: killed by that signal)."""
     target = python_module(cmd)
     if target is None:
-        proc = subprocess.Popen(cmd, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1)
-        for line in proc.stdout:
-            on_line(line.rstrip("\n"))
-        return proc.wait()
+        raise ValueError(f"dvc.yaml cmd {cmd!r}: the flow runs `python -m <module> [args]` commands only "
+                         "(every stage of this project's dvc.yaml is one); run other commands with `dvc repro`")
     warm_up()
     reader, writer = _ctx.Pipe(duplex=False)
     child = _ctx.Process(target=_child, args=(*target, env, str(cwd), writer), name=target[0])
