@@ -187,9 +187,9 @@ def two_point_share(rewards_by_prompt: list[tuple[str, list[float]]], tol: float
     than 3 answers, or all-equal rewards, say nothing and are left out."""
     acc: dict[str, list[float]] = {}
     for ptype, r in rewards_by_prompt:
-        lo, hi = min(r, default=0.0), max(r, default=0.0)
-        if len(r) < 3 or hi <= lo:
+        if len(r) < 3 or max(r) <= min(r):
             continue
+        lo, hi = min(r), max(r)
         z = [(x - lo) / (hi - lo) for x in r]
         acc.setdefault(ptype, []).append(sum(v <= tol or v >= 1 - tol for v in z) / len(z))
     return {t: sum(v) / len(v) for t, v in sorted(acc.items())}

@@ -33,9 +33,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE
 
 from components.config import ROOT, load_config, redact_uri
-from flows import stage_runner
 from components.tracking import (EXIT_BAD_INPUT, EXIT_BAD_PARAMS, PARENT_RUN_ENV, lineage_tags,
                                  set_offline_env, setup, tracking_uri)
+from flows import stage_runner
 
 # Order of execution; each name is a stage of dvc.yaml and a module components/<name>.py.
 STAGES = ("validate", "base_model", "sft", "reward", "dpo", "ppo", "ppo_ptx", "evaluate", "promote")
