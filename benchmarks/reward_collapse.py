@@ -77,7 +77,7 @@ def features(folder: Path, recs: list[dict], cfg) -> tuple:
     seqs = [ids for it in items for ids in it["ids"]]
     feats = [None] * len(seqs)
     with torch.no_grad():
-        for group in reward.length_buckets([len(x) for x in seqs], 2048):
+        for group in reward.length_buckets([len(x) for x in seqs], cfg.reward.micro_batch_tokens):
             ids, attn = pad_batch([seqs[i] for i in group], tokenizer.pad_token_id)
             h = model(input_ids=ids, attention_mask=attn).last_hidden_state
             last = attn.sum(1) - 1

@@ -113,10 +113,9 @@ def stage_inputs(stage: str) -> tuple[str, bool]:
     versions, its code) and the values of its params sections. When DVC says the stage is not up to
     date (an input changed, or its outputs are missing or edited), the flow refreshes the cache
     entry instead of trusting it."""
-    from dvc.repo import Repo
     from dvc.stage.serialize import to_single_stage_lockfile
 
-    with Repo(str(ROOT)) as repo, repo.lock:
+    with stage_runner.open_repo(ROOT) as repo, repo.lock:
         (st,) = repo.stage.collect(stage)
         up_to_date = not st.status()  # compares deps, params and outs with dvc.lock
         st.save_deps()  # md5 of each dep now (DVC's state cache makes this cheap)

@@ -105,15 +105,24 @@ def run_command(cmd: str, env: dict[str, str], cwd: Path, on_line: Callable[[str
     return child.exitcode
 
 
+@contextlib.contextmanager
+def open_repo(root: Path):
+    """DVC's ``Repo`` of the project at ``root``, with the cwd at ``root`` meanwhile: DVC resolves a
+    stage name like ``sft`` against the dvc.yaml of the cwd, whatever folder it was opened at."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        yield repo
+
+
 def reproduce(root: Path, stage: str, run: Callable[[str], None]) -> str:
     """``dvc repro --single-item <stage>`` through DVC's API, the command run by ``run(cmd)``
     (which raises when it fails: then nothing is committed and dvc.lock keeps the last good run).
 
     Returns "up to date (skipped)", "restored from the DVC run cache" or "ran"."""
-    from dvc.repo import Repo
     from dvc.stage.cache import RunCacheNotFoundError
 
-    with contextlib.chdir(root), Repo(str(root)) as repo:  # DVC resolves stage paths from the cwd
+    with open_repo(root) as repo:
         with repo.lock:
             (st,) = repo.stage.collect(stage)
             if not st.changed():
