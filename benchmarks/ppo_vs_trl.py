@@ -43,8 +43,8 @@ What cannot be made equal (by construction of each implementation; see also "dif
 - sampling draws different tokens (different RNG use), so response lengths differ: both are reported;
 - ours scores the decoded text re-encoded with the chat template (``RewardScorer``, the way the ppo
   stage does); TRL scores the sampled ids directly;
-- ours runs one extra no-grad policy forward for the old log-probs; TRL takes them from the
-  generation scores (output_scores=True);
+- both take the old log-probs from the generation (ours: its raw logits over the temperature; TRL: its
+  processed scores), so neither runs a separate policy forward for them;
 - ours clips gradients (max_grad_norm, per model); TRL's PPO loop does not clip;
 - TRL's optimiser is transformers' default (reported as "optimizer"); ours is torch AdamW;
 - with --bf16, ours autocasts every forward; TRL autocasts only the training forward (accelerate wraps
@@ -298,7 +298,6 @@ DIFFERENCES = [
     "response_tokens_mean / generated_width_mean",
     "ours scores the decoded text re-encoded with the chat template (RewardScorer, as the ppo stage); TRL scores "
     "the sampled ids",
-    "ours runs an extra no-grad policy forward for the old log-probs; TRL takes them from the generation scores",
     "ours clips gradients (max_grad_norm, policy and value apart); TRL's PPO loop does not clip",
     "optimiser: ours torch AdamW per model; TRL one optimiser from transformers' defaults over policy + value",
     "bf16 (when on): ours autocasts every forward; TRL only the training forward (generation, ref, reward in fp32)",

@@ -1,15 +1,18 @@
 """K-wise reward-model training (ours) vs TRL's RewardTrainer on the expanded pairs, side by side.
 
 The same ranked data, the same model, the same token ids and the same hyperparameters (learning
-rate for every parameter, epochs, warm-up, weight decay, frozen layers, precision); only the
-batching differs by construction: ours takes whole prompts (one forward pass per answer, every
-pair of the prompt in the loss), TRL takes (chosen, rejected) pairs (two forward passes per pair).
+rate for every parameter, epochs, warm-up, weight decay, frozen layers, precision) and, by
+default, the same number of optimiser steps per epoch: TRL's pairs per step are the pairs ours
+sees per step (prompts per batch x C(K,2) at a fixed K). Only the batching differs by
+construction: ours takes whole prompts (one forward pass per answer, every pair of the prompt in
+the loss), TRL takes (chosen, rejected) pairs (two forward passes per pair). ``--pairs-per-batch 8``
+gives TRL a fixed, smaller batch and so more steps per epoch (results/..._8pairs.json).
 Each side runs in its own process (so peak RSS is its own) and is scored by the same held-out
 pairwise accuracy (``components.reward.evaluate``, ties excluded).
 
     python benchmarks/reward_kwise_vs_pairwise.py --model outputs/sft            # K = 4..9 built-in + oasst2
     python benchmarks/reward_kwise_vs_pairwise.py --model outputs/sft --ks 4 9 --n-train 8
-    python benchmarks/reward_kwise_vs_pairwise.py --model outputs/sft --equal-time \
+    python benchmarks/reward_kwise_vs_pairwise.py --model outputs/sft --equal-time --pairs-per-batch 8 \
         --out benchmarks/results/reward_kwise_equal_time.json   # + ours for TRL's wall time (more epochs)
 
 Prints a table and writes JSON to benchmarks/results/reward_kwise_vs_pairwise.json.
@@ -133,21 +136,37 @@ def _oasst(n_train: int, n_eval: int) -> tuple[list[dict], list[dict]] | None:
     return comps[:n_train], comps[n_train: n_train + n_eval]
 
 
+def matched_pairs_per_batch(train: list[dict], prompts_per_batch: int) -> int:
+    """TRL's pairs per step that give it ours' number of steps per epoch: the pairs ours' steps see on
+    average (prompts per batch x mean ranked pairs per prompt; C(K,2) per prompt at a fixed K without ties)."""
+    from components.data import pairs_from_ranks
+
+    pairs = sum(len(pairs_from_ranks(rec["ranks"])) for rec in train)
+    return max(1, round(prompts_per_batch * pairs / len(train)))
+
+
 def run_side(side: str, train: list[dict], evals: list[dict], args, epochs: int = 1) -> dict:
+    import math
+
     from components.data import write_jsonl
 
+    pairs_per_batch = args.pairs_per_batch or matched_pairs_per_batch(train, args.prompts_per_batch)
     with tempfile.TemporaryDirectory() as d:
         write_jsonl(Path(d) / "train.jsonl", train)
         write_jsonl(Path(d) / "eval.jsonl", evals)
         cmd = [sys.executable, __file__, "--worker", side, "--train", f"{d}/train.jsonl", "--eval", f"{d}/eval.jsonl",
                "--model", args.model, "--freeze-layers", str(args.freeze_layers), "--lr", str(args.lr),
                "--max-length", str(args.max_length), "--prompts-per-batch", str(args.prompts_per_batch),
-               "--pairs-per-batch", str(args.pairs_per_batch), "--threads", str(args.threads),
+               "--pairs-per-batch", str(pairs_per_batch), "--threads", str(args.threads),
                "--epochs", str(epochs)]
         p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         if p.returncode != 0:
             raise RuntimeError(f"{side} worker failed:\n{p.stderr[-3000:]}")
-        return json.loads(p.stdout.strip().splitlines()[-1])
+        res = json.loads(p.stdout.strip().splitlines()[-1])
+    per_step = args.prompts_per_batch if side == "kwise" else pairs_per_batch
+    res["batch"] = f"{per_step} {'prompts' if side == 'kwise' else 'pairs'}"
+    res["steps_per_epoch"] = math.ceil((res["train_prompts"] if side == "kwise" else res["train_pairs"]) / per_step)
+    return res
 
 
 def main() -> None:
@@ -160,7 +179,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--prompts-per-batch", type=int, default=2, help="ours: whole prompts per step")
-    ap.add_argument("--pairs-per-batch", type=int, default=8, help="TRL: pairs per step")
+    ap.add_argument("--pairs-per-batch", type=int, default=0,
+                    help="TRL: pairs per step; 0 = as many as ours sees per step (prompts per batch x the data's mean "
+                         "pairs per prompt), so both sides make the same number of optimiser steps per epoch")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-oasst", action="store_true")
     ap.add_argument("--equal-time", action="store_true",
@@ -184,7 +205,8 @@ def main() -> None:
     if not args.no_oasst and (o := _oasst(args.n_train * 2, args.n_eval * 2)):
         sets.append(("oasst2 (K=2..7)", None, *o))
     rows = []
-    print(f"{'data':18} {'side':16} {'s/epoch':>8} {'fwd seqs':>9} {'RSS MB':>8} {'val acc':>8}", flush=True)
+    print(f"{'data':18} {'side':16} {'batch':>10} {'steps':>6} {'s/epoch':>8} {'fwd seqs':>9} {'RSS MB':>8} "
+          f"{'val acc':>8}", flush=True)
     for name, k, train, evals in sets:
         res = {side: run_side(side, train, evals, args) for side in ("kwise", "pairwise")}
         speedup = res["pairwise"]["epoch_seconds"] / res["kwise"]["epoch_seconds"]
@@ -195,7 +217,8 @@ def main() -> None:
         rows.append(row)
         for side in res:
             r = res[side]
-            print(f"{name:18} {side:16} {r['epoch_seconds']:8.1f} {r['forward_sequences']:9d} {r['peak_rss_mb']:8.0f} "
+            print(f"{name:18} {side:16} {r['batch']:>10} {r['steps_per_epoch']:6d} {r['epoch_seconds']:8.1f} "
+                  f"{r['forward_sequences']:9d} {r['peak_rss_mb']:8.0f} "
                   f"{r['val_accuracy']:8.3f}", flush=True)
         print(f"{'':18} speed-up {speedup:.2f}x" + (f" (target {0.8 * (k - 1):.1f}x)" if k else ""), flush=True)
     out = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "

@@ -47,13 +47,15 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def response_logits(model, input_ids, attention_mask, prompt_len: int) -> torch.Tensor:
-    """(B, T, V) logits that predict each response token (position t predicts token t + 1). The LM
-    head runs on those T positions only (``logits_to_keep``), not on the prompt's."""
+def response_logits(model, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0) -> torch.Tensor:
+    """(B, T, V) logits that predict each response token (position t predicts token t + 1), divided by the
+    sampling temperature (the policy is the distribution the rollouts were drawn from). The LM head
+    runs on those T positions only (``logits_to_keep``), not on the prompt's."""
     keep = input_ids.shape[1] - prompt_len + 1  # positions prompt_len - 1 .. end
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                 logits_to_keep=keep)
-    return out.logits[:, :-1].float()
+    logits = out.logits[:, :-1].float()
+    return logits / temperature if temperature != 1.0 else logits
 
 
 def trim(attention_mask: torch.Tensor, prompt_len: int) -> tuple[int, int]:
@@ -83,6 +85,7 @@ class Rollout:
     has_eos: torch.Tensor         # (B,) bool
     prompts: list[str]
     responses: list[str]
+    logprobs: torch.Tensor        # (B, T) log pi_old(token) of the sampled tokens, from the generation's logits
 
 
 def encode_prompts(tokenizer, prompts: list[str], system_prompt: str, max_len: int) -> tuple[list[list[int]], int]:
@@ -99,23 +102,29 @@ def encode_prompts(tokenizer, prompts: list[str], system_prompt: str, max_len: i
 
 @torch.no_grad()
 def rollout(policy, tokenizer, prompts: list[str], prompt_ids: list[list[int]], pc: PPOConfig, autocast) -> Rollout:
-    """Sample one response per prompt with the KV cache; mask everything after the first EOS."""
+    """Sample one response per prompt with the KV cache; mask everything after the first EOS. The
+    policy's log-probs of the sampled tokens come from the generation's own logits (no second forward)."""
     device = next(policy.parameters()).device
     ids, attn = pad_batch(prompt_ids, tokenizer.pad_token_id, left=True)
     ids, attn = ids.to(device), attn.to(device)
     with autocast():
-        seq = policy.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=pc.temperature,
+        out = policy.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=pc.temperature,
                               top_k=pc.top_k, top_p=pc.top_p, max_new_tokens=pc.max_new_tokens,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                              use_cache=True)
+                              use_cache=True, return_dict_in_generate=True, output_logits=True)
+    seq = out.sequences
     resp = seq[:, ids.shape[1]:]
+    # old log-probs: log pi(token) under the tempered policy (what was sampled from, before top-k/top-p),
+    # one step at a time so the (B, T, V) stack is never built
+    logprobs = torch.stack([L.logprobs_from_logits(step.float()[:, None] / pc.temperature, resp[:, t: t + 1])[:, 0]
+                            for t, step in enumerate(out.logits)], dim=1)
     is_eos = resp == tokenizer.eos_token_id
     has_eos = is_eos.any(dim=1)
     # response mask: up to and including the first EOS (the template's <|im_end|> ends the turn)
     first_eos = torch.where(has_eos, is_eos.float().argmax(dim=1), torch.full_like(has_eos, resp.shape[1], dtype=torch.long))
     mask = torch.arange(resp.shape[1], device=device)[None, :] <= first_eos[:, None]
     texts = [tokenizer.decode(r[m], skip_special_tokens=True).strip() for r, m in zip(resp, mask)]
-    return Rollout(seq, torch.cat([attn, mask.long()], dim=1), ids.shape[1], mask, has_eos, prompts, texts)
+    return Rollout(seq, torch.cat([attn, mask.long()], dim=1), ids.shape[1], mask, has_eos, prompts, texts, logprobs)
 
 
 # ------------------------------------------------------------------------------------ pretraining mix
@@ -222,9 +231,10 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
                 raise FloatingPointError(f"[ppo] non-finite reward {raw_score[bad].item()} from the reward model at update "
                                          f"{update} (response {bad} of the rollout); checkpoints kept in {ckpt_dir}")
             score = raw_score - pc.missing_eos_penalty * (~ro.has_eos).float()
-            # 3. KL to the frozen SFT policy, per token -> shaped rewards
-            old_logp = L.logprobs_from_logits(response_logits(m.policy, ro.input_ids, ro.attention_mask, ro.prompt_len), resp_tokens)
-            ref_logp = L.logprobs_from_logits(response_logits(m.ref, ro.input_ids, ro.attention_mask, ro.prompt_len), resp_tokens)
+            # 3. KL to the frozen SFT policy, per token -> shaped rewards (old log-probs: from the rollout)
+            old_logp = ro.logprobs
+            ref_logp = L.logprobs_from_logits(response_logits(m.ref, ro.input_ids, ro.attention_mask, ro.prompt_len,
+                                                              pc.temperature), resp_tokens)
             old_values = response_values(m.value, ro.input_ids, ro.attention_mask, ro.prompt_len)
         kl = L.kl_estimate(old_logp, ref_logp, pc.kl_estimator)
         rewards = L.shaped_rewards(score, kl, ro.mask, kl_ctl.value)
@@ -244,12 +254,14 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
                 t = end - ro.prompt_len  # response columns kept
                 mask = ro.mask[mb, :t]
                 with autocast():
-                    logits = response_logits(m.policy, mb_ids, mb_attn, p_len)
+                    logits = response_logits(m.policy, mb_ids, mb_attn, p_len, pc.temperature)
                     values = response_values(m.value, mb_ids, mb_attn, p_len)
                 logp = L.logprobs_from_logits(logits, resp_tokens[mb, :t])
                 pg_loss, pg_stats = L.policy_loss(logp, old_logp[mb, :t], advantages[mb, :t], mask, pc.clip_coef)
                 vf_loss, vf_stats = L.value_loss(values, old_values[mb, :t], returns[mb, :t], mask, pc.clip_range_value)
-                entropy = L.masked_mean(L.entropy_from_logits(logits), mask)
+                # entropy: in the graph only when it is in the loss (a (B, T, V) softmax the backward would skip)
+                with torch.set_grad_enabled(pc.ent_coef != 0):
+                    entropy = L.masked_mean(L.entropy_from_logits(logits), mask)
                 ptx_nll = torch.zeros(())
                 if stream is not None:
                     ids, attn = stream.next()
@@ -259,15 +271,17 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"[ppo] non-finite loss at update {update}: pg {pg_loss.item()}, "
                                              f"vf {vf_loss.item()}, ptx {ptx_nll.item()}")
-                opt_pi.zero_grad(set_to_none=True)
-                opt_v.zero_grad(set_to_none=True)
                 loss.backward()
-                gn_pi = torch.nn.utils.clip_grad_norm_(m.policy.parameters(), pc.max_grad_norm)
-                gn_v = torch.nn.utils.clip_grad_norm_(m.value.parameters(), pc.max_grad_norm)
+                # foreach: one fused norm over all of a model's gradients (the default loops over tensors on CPU)
+                gn_pi = torch.nn.utils.clip_grad_norm_(m.policy.parameters(), pc.max_grad_norm, foreach=True)
+                gn_v = torch.nn.utils.clip_grad_norm_(m.value.parameters(), pc.max_grad_norm, foreach=True)
                 if not (torch.isfinite(gn_pi) and torch.isfinite(gn_v)):
                     raise FloatingPointError(f"[ppo] non-finite gradient at update {update}")
                 opt_pi.step()
                 opt_v.step()
+                # free the gradients now, not at the next step: they would sit through the next rollout
+                opt_pi.zero_grad(set_to_none=True)
+                opt_v.zero_grad(set_to_none=True)
                 for k, v in {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "entropy": entropy.item(),
                              "ptx_loss": ptx_nll.item(), **pg_stats, **vf_stats}.items():
                     stats.setdefault(k, []).append(v)

@@ -125,3 +125,23 @@ def test_trimmed_forward_equals_the_full_one(tiny_model_dir):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(v[mask], full_v[mb, :t][mask], atol=1e-5, rtol=1e-5)
     assert not ro.mask[mb, t:].any()  # nothing real was cut on the right
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_rollout_logprobs_equal_a_forward_of_the_tempered_policy(tiny_model_dir, temperature):
+    """The old log-probs the rollout takes from the generation's logits (KV cache, one token at a time)
+    equal those of a full forward over the finished sequences, at the sampling temperature."""
+    m = models(tiny_model_dir)
+    torch.manual_seed(1)
+    pc = PPOConfig(max_new_tokens=8, temperature=temperature)
+    ids, _ = ppo.encode_prompts(m.tokenizer, PROMPTS[:3] + ["A much longer prompt " * 3], "", 64)
+    ro = ppo.rollout(m.policy, m.tokenizer, PROMPTS[:4], ids, pc, lambda: torch.autocast("cpu", enabled=False))
+    resp = ro.input_ids[:, ro.prompt_len:]
+    assert ro.logprobs.shape == resp.shape
+    with torch.no_grad():
+        logits = ppo.response_logits(m.policy, ro.input_ids, ro.attention_mask, ro.prompt_len, temperature)
+    want = torch.log_softmax(logits, -1).gather(-1, resp[..., None]).squeeze(-1)
+    torch.testing.assert_close(ro.logprobs[ro.mask], want[ro.mask], atol=1e-4, rtol=1e-4)
+    if temperature != 1.0:  # the temperature is applied, not ignored
+        untempered = torch.log_softmax(logits * temperature, -1).gather(-1, resp[..., None]).squeeze(-1)
+        assert (ro.logprobs[ro.mask] - untempered[ro.mask]).abs().max() > 1e-3
