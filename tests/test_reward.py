@@ -31,6 +31,7 @@ def test_bucketing_does_not_change_rewards(tiny_model_dir):
 
 def test_kwise_training_learns_a_ranking(tiny_model_dir):
     """Answers ranked by how many times they say 'good': 40 steps must order held-out prompts."""
+    torch.manual_seed(0)  # the fresh scalar head is drawn from the global RNG: not from whatever ran before
     model, tok = reward.load_reward_backbone(tiny_model_dir)
     answers = ["good good good", "good good", "good", "bad"]
 
