@@ -74,27 +74,17 @@ def features(folder: Path, recs: list[dict], cfg) -> tuple:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder, use_safetensors=True).eval()
     items, _ = reward.encode_comparisons(recs, tokenizer, cfg, {t: 0 for t in reward.PROMPT_TYPES})
-    seqs = [ids for it in items for ids in it["ids"]]
-    feats = [None] * len(seqs)
+    b = reward.collate(items)  # the (B, K) layout the stage trains on
+    feats = [None] * len(b.seqs)
     with torch.no_grad():
-        for group in reward.length_buckets([len(x) for x in seqs], cfg.reward.micro_batch_tokens):
-            ids, attn = pad_batch([seqs[i] for i in group], tokenizer.pad_token_id)
+        for group in reward.length_buckets([len(x) for x in b.seqs], cfg.reward.micro_batch_tokens):
+            ids, attn = pad_batch([b.seqs[i] for i in group], tokenizer.pad_token_id)
             h = model(input_ids=ids, attention_mask=attn).last_hidden_state
             last = attn.sum(1) - 1
             for row, i in enumerate(group):
                 feats[i] = h[row, last[row]].float()
-    k = max(len(it["ids"]) for it in items)
-    x = torch.zeros(len(items), k, feats[0].numel())
-    ranks = torch.zeros(len(items), k, dtype=torch.long)
-    mask = torch.zeros(len(items), k, dtype=torch.bool)
-    n = 0
-    for b, it in enumerate(items):
-        m = len(it["ids"])
-        x[b, :m] = torch.stack(feats[n: n + m])
-        ranks[b, :m] = torch.tensor(it["ranks"])
-        mask[b, :m] = True
-        n += m
-    return x, ranks, mask, [it["prompt_type"] for it in items]
+    x = torch.stack(feats)[b.slot] * b.mask[..., None]  # padded answers: zeros
+    return x, b.ranks, b.mask, [it["prompt_type"] for it in items]
 
 
 def probe(folder: Path, data_dir: Path, steps: int, lr: float) -> dict:
