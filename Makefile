@@ -25,7 +25,9 @@ run: $(STAMP)
 quick: $(STAMP)
 	$(BIN)/rlhf run --profile quick
 
+# lint-imports: the layering contract of pyproject.toml ([tool.importlinter]); then every test
 test: $(STAMP) browser-deps
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -ra
 
 # Best effort: Debian's chromium + chromedriver for the ranking-page test (tests/test_label.py drives
@@ -38,7 +40,9 @@ browser-deps:
 	    >/dev/null; } || echo "warning: chromium could not be installed; the browser test will skip"; \
 	fi
 
+# the unit tier (about two minutes): no pipeline, server or stage process
 test-fast: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:

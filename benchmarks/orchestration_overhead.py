@@ -30,25 +30,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components.config import set_params  # noqa: E402
-from components.procs import project_copy  # noqa: E402
-from flows.rlhf import STAGES  # noqa: E402
+from components.core.config import set_params# noqa: E402
+from components.core.procs import project_copy# noqa: E402
+from flows.rlhf import STAGES# noqa: E402
 
 BIN = Path(sys.executable).parent
-MAKE_DATA = "from components.cli import ensure_data\nfrom components.config import load_config\nensure_data(load_config())"
+MAKE_DATA = "from components.datasets.synth import ensure_data\nfrom components.core.config import load_config\nensure_data(load_config())"
 DIRECT = ("import sys, time, json, importlib\n"
-          "from components.cli import ensure_data\n"
-          "from components.config import load_config\n"
-          "from components.tracking import set_offline_env, stage_main\n"
+          "from components.datasets.synth import ensure_data\n"
+          "from components.core.config import load_config\n"
+          "from components.core.env import set_offline_env\n"
+          "from components.core.stage import stage_main\n"
           "set_offline_env()\n"
           "t0 = time.time(); ensure_data(load_config()); out = {'data': time.time() - t0}\n"
           "for stage in sys.argv[1:]:\n"
           "    t = time.time()\n"
-          "    if stage in ('ppo', 'ppo_ptx'):  # one module, two stages (dvc.yaml: python -m components.ppo <stage>)\n"
-          "        from components import ppo\n"
+          "    if stage in ('ppo', 'ppo_ptx'):  # one module, two stages (dvc.yaml: python -m components.stages.ppo <stage>)\n"
+          "        from components.stages import ppo\n"
           "        stage_main(stage, lambda cfg, s=stage: ppo.run(cfg, s), argv=[])\n"
           "    else:\n"
-          "        stage_main(stage, importlib.import_module(f'components.{stage}').run, argv=[])\n"
+          "        stage_main(stage, importlib.import_module(f'components.stages.{stage}').run, argv=[])\n"
           "    out[stage] = time.time() - t\n"
           "print('TIMES ' + json.dumps(out))\n")
 
@@ -104,7 +105,7 @@ def main() -> None:
         t0 = time.time()
         timed([str(BIN / "python"), "-c", MAKE_DATA], proj, env_for(proj))
         for stage in STAGES:  # the cmd of each dvc.yaml stage
-            module = ["components.ppo", stage] if stage in ("ppo", "ppo_ptx") else [f"components.{stage}"]
+            module = ["components.stages.ppo", stage] if stage in ("ppo", "ppo_ptx") else [f"components.stages.{stage}"]
             timed([str(BIN / "python"), "-m", *module], proj, env_for(proj))
         res["processes_s"] = round(time.time() - t0, 1)
         print(f"python -m per stage:            {res['processes_s']:7.1f} s", flush=True)

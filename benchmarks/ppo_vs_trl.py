@@ -1,4 +1,4 @@
-"""Our PPO (components/ppo.py) vs trl 1.12.0's experimental PPOTrainer, side by side: samples/s and peak RSS.
+"""Our PPO (components/stages/ppo.py) vs trl 1.12.0's experimental PPOTrainer, side by side: samples/s and peak RSS.
 
 trl 1.16 (the project's) has no PPOTrainer; the experimental one was last shipped in trl 1.12.0. The
 benchmark installs that version into a side folder (``pip install --no-deps --target``, default
@@ -10,14 +10,14 @@ the peer with PYTHONPATH=<side folder> first, so its trl shadows the venv's trl 
 
 Both sides get the same: policy and frozen reference loaded from the SFT folder, value model initialised
 from the reward-model folder, a frozen reward model loaded from the same folder (all with
-``components.base_model.load_model_dir``); the same RL prompts (training split of data/prompts.jsonl,
-the first batch_size x updates; token ids built by ``components.ppo.encode_prompts``, i.e. the chat
+``components.core.models.load_model_dir``); the same RL prompts (training split of data/prompts.jsonl,
+the first batch_size x updates; token ids built by ``components.core.encode.encode_prompts``, i.e. the chat
 template as the ppo stage applies it, and checked equal by hash); batch (prompts per rollout, one
 response each), minibatch (one optimiser step per minibatch), PPO epochs, max new tokens, temperature
 (top-k/top-p off), number of updates, learning rate (policy and value alike: TRL has one optimiser for
 both), KL coefficient and estimator, clip ranges, vf_coef, gamma, lambda, missing-EOS penalty, seed,
 torch threads, malloc settings and precision (fp32 unless --bf16 and bf16 pays off on this machine:
-components.base_model.bf16_supported). TRL: gradient checkpointing off, constant LR, no sample
+components.core.models.bf16_supported). TRL: gradient checkpointing off, constant LR, no sample
 generations, no saving, no reporting.
 
 Measured: samples/s = responses (one per prompt) per second of the training loop (rollout +
@@ -82,7 +82,7 @@ def _rss_mb() -> float:
 
 def _load_models(s: dict):
     """Policy, frozen reference, value (from the reward model) and tokenizer: the same calls on both sides."""
-    from components.base_model import load_model_dir
+    from components.core.models import load_model_dir
 
     policy, tok = load_model_dir(s["sft"])
     ref, _ = load_model_dir(s["sft"])
@@ -116,13 +116,15 @@ def _prompt_hash(ids: list[list[int]]) -> str:
 def worker_ours(s: dict) -> dict:
     import torch
 
-    from components import ppo
-    from components.config import PPOConfig
-    from components.reward import RewardScorer, autocast_for
+    from components.stages import ppo
+    from components.core.config import PPOConfig
+    from components.core.scoring import RewardScorer
+    from components.core.encode import encode_prompts
+    from components.core.models import autocast_for
 
     torch.manual_seed(s["seed"])
     policy, ref, value, tok = _load_models(s)
-    scorer = RewardScorer(s["reward"], s["system_prompt"], s["reward_max_length"], s["reward_batch_size"])
+    scorer = RewardScorer(s["reward"], s["system_prompt"])  # fed and scaled as its own config says, as in the stage
     scorer.model.requires_grad_(False)
     if torch.cuda.is_available():
         for model in (policy, ref, value, scorer.model):
@@ -135,13 +137,13 @@ def worker_ours(s: dict) -> dict:
                    target_kl=None, gamma=s["gamma"], gae_lambda=s["gae_lambda"], whiten_advantages=True,
                    clip_coef=s["clip_coef"], clip_range_value=s["clip_range_value"], vf_coef=s["vf_coef"], ent_coef=0.0,
                    max_grad_norm=s["max_grad_norm"])
-    ids, _ = ppo.encode_prompts(tok, s["prompts"], s["system_prompt"], s["max_prompt_length"])  # what train() builds
+    ids, _ = encode_prompts(tok, s["prompts"], s["system_prompt"], s["max_prompt_length"])  # what train() builds
     gens, stamps = [], []
     _count_generations(policy, tok, gens)
     setup = time.time() - T_START
     rss_setup = _rss_mb()
     t0 = time.time()
-    ppo.train(m, s["prompts"], [], pc, ptx_coef=0.0, seed=s["seed"], system_prompt=s["system_prompt"],
+    ppo.train(m, s["prompts"], [], pc, seed=s["seed"], system_prompt=s["system_prompt"],
               autocast=autocast_for(s["bf16"]), log=lambda metrics, step: stamps.append(time.time()))
     return _figures(setup, t0, time.time(), stamps, gens, rss_setup, _prompt_hash(ids), "torch.optim.AdamW (x2)", s)
 
@@ -152,8 +154,8 @@ def worker_trl(s: dict) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback, set_seed
 
-    from components.base_model import load_model_dir
-    from components.ppo import encode_prompts
+    from components.core.models import load_model_dir
+    from components.core.encode import encode_prompts
 
     if trl.__version__ != "1.12.0":
         raise RuntimeError(f"peer: expected trl 1.12.0 first on PYTHONPATH, got {trl.__version__} from {trl.__file__}")
@@ -226,7 +228,7 @@ def _figures(setup, t0, t1, stamps, gens, rss_setup, prompt_hash, optimizer, s) 
 def worker(side: str, settings: Path, result: Path) -> None:
     import torch
 
-    from components.tracking import set_offline_env
+    from components.core.env import set_offline_env
 
     set_offline_env()
     s = json.loads(settings.read_text())
@@ -250,9 +252,10 @@ def ensure_peer(peer_dir: Path) -> str:
 
 def tiny_models(d: Path, seed: int) -> tuple[str, str]:
     """A tiny random SmolLM2-family causal LM (the real tokenizer) and a reward model built from it."""
-    from components.base_model import SMOLLM2, build_model, load_tokenizer, save_model_dir
-    from components.config import BaseModelConfig
-    from components.reward import load_reward_backbone
+    from components.stages.base_model import SMOLLM2, build_model, load_tokenizer
+    from components.core.models import save_model_dir
+    from components.core.config import BaseModelConfig
+    from components.stages.reward import load_reward_backbone
 
     tok = load_tokenizer(SMOLLM2)
     save_model_dir(build_model(BaseModelConfig(tiny=True), tok, seed), tok, d / "sft")
@@ -263,7 +266,7 @@ def tiny_models(d: Path, seed: int) -> tuple[str, str]:
 
 def run_side(side: str, settings: Path, work: Path, logs: Path, peer_dir: str | None, malloc: bool) -> dict:
     """Run one side in its own process; its peak RSS comes from os.wait4 on that process."""
-    from components.tracking import MALLOC_ENV
+    from components.core.env import MALLOC_ENV
 
     result, log = work / f"{side}.json", logs / f"{side}.log"
     path = os.pathsep.join([peer_dir, str(ROOT)] if side == "trl" else [str(ROOT)])
@@ -287,7 +290,7 @@ def _versions(peer_dir: str) -> dict:
     import torch
     import transformers
 
-    from components.tracking import git_commit
+    from components.core.tracking import git_commit
 
     return {"torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__,
             "peer": PEER, "peer_dir": peer_dir, "python": platform.python_version(), "commit": git_commit()}
@@ -307,7 +310,7 @@ DIFFERENCES = [
 
 
 def main() -> None:
-    from components.config import load_config
+    from components.core.config import load_config
 
     cfg = load_config()
     pc = cfg.ppo
@@ -338,9 +341,9 @@ def main() -> None:
     if args.worker:
         worker(args.worker, Path(args.settings), Path(args.result))
         return
-    from components.base_model import bf16_supported
-    from components.data import read_jsonl, split_records
-    from components.tracking import set_offline_env
+    from components.core.models import bf16_supported
+    from components.core.data import read_jsonl, split_records
+    from components.core.env import set_offline_env
 
     set_offline_env()
     if args.batch_size % args.minibatch_size:
@@ -357,7 +360,7 @@ def main() -> None:
         raise SystemExit(f"error: {args.data}: {len(prompts)} training prompts, fewer than --batch-size {args.batch_size}")
     bf16 = args.bf16 and bf16_supported()
     if args.bf16 and not bf16:
-        print("--bf16: bf16 does not pay off on this machine (components.base_model.bf16_supported); fp32 on both sides")
+        print("--bf16: bf16 does not pay off on this machine (components.core.models.bf16_supported); fp32 on both sides")
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"ppo_vs_trl{'_tiny' if args.tiny else ''}.json")
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
@@ -373,8 +376,7 @@ def main() -> None:
                     "kl_coef": pc.kl_coef, "kl_estimator": pc.kl_estimator, "clip_coef": pc.clip_coef,
                     "clip_range_value": pc.clip_range_value, "vf_coef": pc.vf_coef, "gamma": pc.gamma,
                     "gae_lambda": pc.gae_lambda, "max_grad_norm": pc.max_grad_norm,
-                    "system_prompt": cfg.common.system_prompt, "reward_max_length": cfg.reward.max_length,
-                    "reward_batch_size": cfg.reward.eval_batch_size}
+                    "system_prompt": cfg.common.system_prompt}
         (work / "settings.json").write_text(json.dumps({**settings, "prompts": prompts}))
         res = {}
         for side in SIDES:

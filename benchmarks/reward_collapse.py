@@ -7,7 +7,7 @@ accuracy (ties excluded), the open and closed curves by level (mean sorted sigmo
         --model "closed linear, open log=outputs/reward" --model "logsigmoid for all=/tmp/ls/reward"
 
 Trains nothing: train the models first, e.g. `rlhf run` (default utilities) and
-`python -m components.reward 'reward.utility={closed: logsigmoid, open: logsigmoid, unknown: logsigmoid}'`
+`python -m components.stages.reward 'reward.utility={closed: logsigmoid, open: logsigmoid, unknown: logsigmoid}'`
 with common.outputs_dir pointing elsewhere.
 
 `--probe SFT_FOLDER` asks what the utilities do when training runs to (near) its optimum, which the
@@ -37,9 +37,11 @@ def score(folder: Path, data_dir: Path) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from components import reward
-    from components.config import load_config
-    from components.data import FILES, read_jsonl, split_records
+    from components.core.config import load_config
+    from components.core.data import FILES, read_jsonl, split_records
+    from components.core.models import autocast_for
+    from components.maths.collapse import collapse_curves, curve_distance
+    from components.stages import reward
 
     cfg = load_config(overrides=[f"common.data_dir={data_dir}"])
     recs = read_jsonl(data_dir / FILES["comparisons"])
@@ -49,13 +51,13 @@ def score(folder: Path, data_dir: Path) -> dict:
     utilities, type_to_id = reward.utilities_of(cfg)
     items, _ = reward.encode_comparisons(eval_recs, tokenizer, cfg, type_to_id)
     torch.manual_seed(0)
-    ev = reward.evaluate(model, items, tokenizer.pad_token_id, utilities, cfg.reward, reward.autocast_for(False))
+    ev = reward.evaluate(model, items, tokenizer.pad_token_id, utilities, cfg.reward, autocast_for(False))
     per_prompt = ev.pop("per_prompt")
-    level, shape = reward.collapse_curves(per_prompt), reward.collapse_curves(per_prompt, shape=True)
+    level, shape = collapse_curves(per_prompt), collapse_curves(per_prompt, shape=True)
     return {"folder": str(folder), "utility": getattr(model.config, "rlhf_reward", {}).get("utility"),
             "accuracy": round(ev["accuracy"], 4), "pairs": ev["pairs"], "prompts": len(items),
-            "distance_level": round(reward.curve_distance(level), 4),
-            "distance_shape": round(reward.curve_distance(shape), 4), "level": level, "shape": shape}
+            "distance_level": round(curve_distance(level), 4),
+            "distance_shape": round(curve_distance(shape), 4), "level": level, "shape": shape}
 
 
 SETTINGS = {"prompt-aware (closed linear, open log)": {"closed": "linear", "open": "log", "unknown": "logsigmoid"},
@@ -68,8 +70,9 @@ def features(folder: Path, recs: list[dict], cfg) -> tuple:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from components import reward
-    from components.base_model import pad_batch
+    from components.core.encode import pad_batch
+    from components.core.scoring import length_buckets
+    from components.stages import reward
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder, use_safetensors=True).eval()
@@ -77,7 +80,7 @@ def features(folder: Path, recs: list[dict], cfg) -> tuple:
     b = reward.collate(items)  # the (B, K) layout the stage trains on
     feats = [None] * len(b.seqs)
     with torch.no_grad():
-        for group in reward.length_buckets([len(x) for x in b.seqs], cfg.reward.micro_batch_tokens):
+        for group in length_buckets([len(x) for x in b.seqs], cfg.reward.micro_batch_tokens):
             ids, attn = pad_batch([b.seqs[i] for i in group], tokenizer.pad_token_id)
             h = model(input_ids=ids, attention_mask=attn).last_hidden_state
             last = attn.sum(1) - 1
@@ -90,10 +93,10 @@ def features(folder: Path, recs: list[dict], cfg) -> tuple:
 def probe(folder: Path, data_dir: Path, steps: int, lr: float) -> dict:
     import torch
 
-    from components import reward
-    from components.config import load_config
-    from components.data import FILES, read_jsonl, split_records
-    from components.reward_losses import kwise_loss, pairwise_accuracy
+    from components.core.config import load_config
+    from components.core.data import FILES, read_jsonl, split_records
+    from components.maths.collapse import collapse_curves, curve_distance, two_point_share
+    from components.maths.reward_losses import kwise_loss, pairwise_accuracy
 
     cfg = load_config(overrides=[f"common.data_dir={data_dir}"])
     recs = read_jsonl(data_dir / FILES["comparisons"])
@@ -122,12 +125,12 @@ def probe(folder: Path, data_dir: Path, steps: int, lr: float) -> dict:
                 r = head((x - mu) / sd).squeeze(-1)
                 c, t = pairwise_accuracy(r, ranks, mask)
                 per_prompt = [(types[b], torch.sigmoid(r[b][mask[b]]).tolist()) for b in range(len(types))]
-                level = reward.collapse_curves(per_prompt)
-                shape = reward.collapse_curves(per_prompt, shape=True)
+                level = collapse_curves(per_prompt)
+                shape = collapse_curves(per_prompt, shape=True)
                 out[split] = {"accuracy": round(c / t, 4), "pairs": t, "prompts": len(types), "level": level,
-                              "shape": shape, "distance_level": round(reward.curve_distance(level), 4),
-                              "distance_shape": round(reward.curve_distance(shape), 4),
-                              "two_point_share": {t: round(v, 4) for t, v in reward.two_point_share(per_prompt).items()}}
+                              "shape": shape, "distance_level": round(curve_distance(level), 4),
+                              "distance_shape": round(curve_distance(shape), 4),
+                              "two_point_share": {t: round(v, 4) for t, v in two_point_share(per_prompt).items()}}
         results[label] = out
         for split in splits:
             o = out[split]
@@ -173,7 +176,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reward_collapse.json"))
     ap.add_argument("--png", default=str(ROOT / "benchmarks" / "results" / "reward_collapse.png"))
     args = ap.parse_args()
-    from components.tracking import set_offline_env
+    from components.core.env import set_offline_env
 
     set_offline_env()
     if args.probe:

@@ -8,7 +8,7 @@ construction: ours takes whole prompts (one forward pass per answer, every pair 
 the loss), TRL takes (chosen, rejected) pairs (two forward passes per pair). ``--pairs-per-batch 8``
 gives TRL a fixed, smaller batch and so more steps per epoch (results/..._8pairs.json).
 Each side runs in its own process (so peak RSS is its own) and is scored by the same held-out
-pairwise accuracy (``components.reward.evaluate``, ties excluded).
+pairwise accuracy (``components.stages.reward.evaluate``, ties excluded).
 
     python benchmarks/reward_kwise_vs_pairwise.py --model outputs/sft            # K = 4..9 built-in + oasst2
     python benchmarks/reward_kwise_vs_pairwise.py --model outputs/sft --ks 4 9 --n-train 8
@@ -40,7 +40,7 @@ OASST = ROOT.parent / "shared" / "data" / "oasst2" / "oasst2_filtered.jsonl"
 
 # ------------------------------------------------------------------------------------ workers
 def _load(args):
-    from components import reward
+    from components.stages import reward
 
     model, tokenizer = reward.load_reward_backbone(Path(args.model))
     reward.freeze_bottom(model, args.freeze_layers)
@@ -52,8 +52,8 @@ def _load(args):
 
 
 def _items(path: Path, tokenizer, max_length: int) -> list[dict]:
-    from components.data import read_jsonl
-    from components.reward import encode_pair
+    from components.core.data import read_jsonl
+    from components.core.encode import encode_pair
 
     items = []
     for rec in read_jsonl(path):
@@ -63,7 +63,7 @@ def _items(path: Path, tokenizer, max_length: int) -> list[dict]:
 
 
 def _rc(args):
-    from components.config import RewardConfig
+    from components.core.config import RewardConfig
 
     return RewardConfig(epochs=args.epochs, lr=args.lr, head_lr=args.lr, warmup_ratio=0.0, weight_decay=0.0,
                         prompts_per_batch=args.prompts_per_batch, max_length=args.max_length,
@@ -74,8 +74,9 @@ def _rc(args):
 def worker(args) -> dict:
     import torch
 
-    from components import reward
-    from components.data import pairs_from_ranks
+    from components.core.models import autocast_for
+    from components.maths.reward_losses import pairs_from_ranks
+    from components.stages import reward
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -83,7 +84,7 @@ def worker(args) -> dict:
     train_items = _items(Path(args.train), tokenizer, args.max_length)
     eval_items = _items(Path(args.eval), tokenizer, args.max_length)
     rc = _rc(args)
-    autocast = reward.autocast_for(False)
+    autocast = autocast_for(False)
     t0 = time.time()
     if args.worker == "kwise":
         reward.train(model, train_items, rc, tokenizer.pad_token_id, ("logsigmoid",), 0, autocast=autocast)
@@ -116,8 +117,8 @@ def worker(args) -> dict:
 # ------------------------------------------------------------------------------------ driver
 def _builtin(k: int, n: int, seed: int) -> list[dict]:
     """n built-in comparisons with exactly K answers each (the simulated labeler ranks them)."""
-    from components import synth
-    from components.data import read_jsonl
+    from components.datasets import synth
+    from components.core.data import read_jsonl
 
     with tempfile.TemporaryDirectory() as d:
         synth.synthesize(d, seed=seed, n_demonstrations=1, n_comparisons=n, n_prompts=1, n_pretrain=1, k_min=k,
@@ -126,7 +127,7 @@ def _builtin(k: int, n: int, seed: int) -> list[dict]:
 
 
 def _oasst(n_train: int, n_eval: int) -> tuple[list[dict], list[dict]] | None:
-    from components import importers
+    from components.datasets import importers
 
     if not OASST.exists():
         print(f"skipping oasst2: {OASST} is absent", flush=True)
@@ -139,7 +140,7 @@ def _oasst(n_train: int, n_eval: int) -> tuple[list[dict], list[dict]] | None:
 def matched_pairs_per_batch(train: list[dict], prompts_per_batch: int) -> int:
     """TRL's pairs per step that give it ours' number of steps per epoch: the pairs ours' steps see on
     average (prompts per batch x mean ranked pairs per prompt; C(K,2) per prompt at a fixed K without ties)."""
-    from components.data import pairs_from_ranks
+    from components.maths.reward_losses import pairs_from_ranks
 
     pairs = sum(len(pairs_from_ranks(rec["ranks"])) for rec in train)
     return max(1, round(prompts_per_batch * pairs / len(train)))
@@ -148,7 +149,7 @@ def matched_pairs_per_batch(train: list[dict], prompts_per_batch: int) -> int:
 def run_side(side: str, train: list[dict], evals: list[dict], args, epochs: int = 1) -> dict:
     import math
 
-    from components.data import write_jsonl
+    from components.core.data import write_jsonl
 
     pairs_per_batch = args.pairs_per_batch or matched_pairs_per_batch(train, args.prompts_per_batch)
     with tempfile.TemporaryDirectory() as d:
@@ -192,7 +193,7 @@ def main() -> None:
     ap.add_argument("--train", help=argparse.SUPPRESS)
     ap.add_argument("--eval", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    from components.tracking import set_offline_env
+    from components.core.env import set_offline_env
 
     set_offline_env()
     if args.worker:

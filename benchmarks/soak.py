@@ -134,15 +134,15 @@ def main() -> int:
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from components.config import set_params
-    from components.procs import project_copy
+    from components.core.config import set_params
+    from components.core.procs import project_copy
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="rlhf-soak-"))
     work.mkdir(parents=True, exist_ok=True)
     proj = project_copy(work / "project")
     set_params(proj / "params.yaml", ["common.profile=test", f"common.keep_versions={args.keep_versions}"])
     log = work / "soak.log"
-    subprocess.run([str(BIN / "python"), "-m", "components.cli", "data", "synth"], cwd=proj, env=env_for(proj),
+    subprocess.run([str(BIN / "python"), "-m", "components.apps.cli", "data", "synth"], cwd=proj, env=env_for(proj),
                    check=True, capture_output=True)
     import yaml
 

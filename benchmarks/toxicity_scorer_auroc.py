@@ -2,7 +2,7 @@
 
 Scores the labelled Wikipedia talk-page test set (``../shared/data/toxicity/
 toxicity_nonfuzzed_testset.csv``: 1,492 comments, 248 toxic) with a scorer from
-``components.toxicity.make_scorer`` and reports AUROC, accuracy / precision / recall at 0.5,
+``components.core.toxicity.make_scorer`` and reports AUROC, accuracy / precision / recall at 0.5,
 counts and throughput.
 
     python benchmarks/toxicity_scorer_auroc.py                       # profanity-check (default)
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {args.data} is absent")
         return 1
 
-    from components.eval_sets import load_toxicity_labelled
-    from components.toxicity import make_scorer
+    from components.datasets.eval_sets import load_toxicity_labelled
+    from components.core.toxicity import make_scorer
 
     rows = load_toxicity_labelled(args.data)
     texts = [r["text"] for r in rows]

@@ -40,21 +40,22 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "truthfulqa_mc.json"))
     args = ap.parse_args()
 
-    from components.tracking import set_offline_env
+    from components.core.env import set_offline_env
 
     set_offline_env()
     import torch
 
-    from components import eval_sets, evaluate
-    from components.base_model import load_model_dir
+    from components.datasets import eval_sets
+    from components.stages import evaluate
+    from components.core.models import load_model_dir
 
     if not Path(args.data).exists():
         print(f"{args.data}: absent (TruthfulQA's mc_task.json from ../shared/data)", file=sys.stderr)
         return 1
     model_dir = Path(args.model)
     if not (model_dir / "config.json").exists():
-        from components import base_model
-        from components.config import load_config
+        from components.stages import base_model
+        from components.core.config import load_config
 
         print(f"{model_dir}: absent; building it from the packaged SmolLM2 ...", flush=True)
         base_model.run(load_config(overrides=[f"common.outputs_dir={model_dir.parent}"]))

@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from components.procs import ServiceError, child_env, free_port, http_ok, port_in_use, start, stopped_on_exit, wait_healthy
-from components.tracking import set_offline_env
+from components.core.errors import ServiceError
+from components.core.procs import child_env, free_port, http_ok, port_in_use, start, stopped_on_exit, wait_healthy
+from components.core.env import set_offline_env
 
 DEFAULT_SERVER_PORT = 4200  # Prefect's own default
 DEFAULT_DEPLOYMENT = "scheduled"

@@ -1,7 +1,7 @@
 """Run one dvc.yaml stage exactly as ``dvc repro --single-item <stage>`` would, minus two start-ups.
 
 Through the DVC CLI a stage pays for two fresh processes: ``dvc`` itself (~0.8 s) and the stage's
-``python -m components.<stage>``, which imports torch, transformers, TRL and MLflow again (~6.7 s
+``python -m components.stages.<stage>``, which imports torch, transformers, TRL and MLflow again (~6.7 s
 on 2 cores, more than most tiny stages take to run). Here:
 
 * the DVC bookkeeping is DVC's own Python API, called in the flow's process (``reproduce``): skip
@@ -27,6 +27,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from components.core.env import MALLOC_ENV
+
 # Imported once by the forkserver, then shared by every stage it forks (copy-on-write).
 # Third-party only: the project's own modules are imported fresh by each stage, so an edit between
 # two runs is always seen.
@@ -46,15 +48,13 @@ def warm_up() -> None:
     with ``MALLOC_ENV`` (glibc reads it only at process start; forked stages inherit it)."""
     from multiprocessing import forkserver
 
-    from components.tracking import MALLOC_ENV
-
     if not os.environ.get("RLHF_NO_MALLOC_TUNING"):
         os.environ.update(MALLOC_ENV)
     forkserver.ensure_running()
 
 
 def python_module(cmd: str) -> tuple[str, list[str]] | None:
-    """``"python -m components.ppo ppo_ptx"`` -> ``("components.ppo", ["ppo_ptx"])``; None for any
+    """``"python -m components.stages.ppo ppo_ptx"`` -> ``("components.stages.ppo", ["ppo_ptx"])``; None for any
     other command."""
     parts = shlex.split(cmd)
     if len(parts) >= 3 and parts[0] in ("python", "python3") and parts[1] == "-m":
@@ -70,8 +70,6 @@ def _child(module: str, args: list[str], env: dict[str, str], cwd: str, out) -> 
     os.dup2(out.fileno(), 2)
     out.close()
     sys.stdout.reconfigure(line_buffering=True)
-    from components.tracking import MALLOC_ENV
-
     os.chdir(cwd)
     started_with = {k: os.environ[k] for k in MALLOC_ENV if k in os.environ}  # the forkserver's malloc settings
     os.environ.clear()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from components.tracking import set_offline_env
+from components.core.env import set_offline_env
 
 set_offline_env()
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +25,8 @@ def shared_file(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random SmolLM2-family model with the real tokenizer (built once per session)."""
-    from components import base_model
-    from components.config import load_config
+    from components.stages import base_model
+    from components.core.config import load_config
 
     out = tmp_path_factory.mktemp("tiny")
     cfg = load_config(overrides=["common.profile=test", f"common.outputs_dir={out}"])

@@ -3,7 +3,8 @@ import shutil
 
 import pytest
 
-from components.base_model import ModelError, load_model_dir
+from components.core.errors import ModelError
+from components.core.models import load_model_dir
 
 
 def test_tiny_model_folder_is_complete_and_loads(tiny_model_dir):

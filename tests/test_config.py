@@ -1,12 +1,30 @@
 import pytest
 import yaml
 
-from components.config import ConfigError, defaults, load_config, params_hash, parse_override, set_params, ROOT
+from components.core.errors import ConfigError
+from components.core.config import ROOT, defaults, load_config, params_hash, parse_override, render_params, set_params
 
 
-def test_params_yaml_holds_exactly_the_defaults():
-    # params.yaml is what DVC tracks: it must list every key with its default value.
-    assert yaml.safe_load((ROOT / "params.yaml").read_text()) == defaults()
+def test_params_yaml_is_the_rendering_of_the_config_models():
+    # Each default and its description are written once, in components/core/config.py; params.yaml
+    # (what DVC tracks) is their rendering (`rlhf params --defaults > params.yaml`) and loads back to them.
+    assert (ROOT / "params.yaml").read_text() == render_params()
+    assert load_config(ROOT / "params.yaml").to_dict() == defaults()
+    assert yaml.safe_load((ROOT / "params.yaml").read_text())["ppo_ptx"] == {"ptx_coef": 1.0}  # a variant: its delta
+
+
+def test_a_variant_section_is_its_base_plus_its_own_differences():
+    cfg = load_config()
+    assert cfg.ppo.ptx_coef == 0.0 and cfg.ppo_ptx.ptx_coef == 1.0  # plain PPO, and PPO-ptx
+    assert {k: v for k, v in cfg.ppo_ptx.model_dump().items() if k != "ptx_coef"} == \
+        {k: v for k, v in cfg.ppo.model_dump().items() if k != "ptx_coef"}
+    both = load_config(overrides=["ppo.lr=3e-5"])  # a change to the base reaches the variant
+    assert both.ppo.lr == both.ppo_ptx.lr == 3e-5
+    one = load_config(overrides=["ppo_ptx.lr=2e-5"])  # a change to the variant stays there
+    assert one.ppo.lr == 1e-5 and one.ppo_ptx.lr == 2e-5
+    assert load_config(overrides=["common.profile=test"]).ppo_ptx.updates == 2  # profile deltas reach it too
+    with pytest.raises(ConfigError, match="ppo_ptx.ptx_coef must be > 0"):
+        load_config(overrides=["ppo_ptx.ptx_coef=0"])
 
 
 @pytest.mark.parametrize(
@@ -79,5 +97,5 @@ def test_set_params_edits_in_place_keeps_comments_and_refuses_bad(tmp_path):
     assert p.read_text() == before  # nothing written
     assert set_params(p, ["data.n_users=30"]) == ["data.n_users"]
     text = p.read_text()
-    assert "n_users: 30" in text and "# seed of every random generator" in text
+    assert "n_users: 30" in text and "# Seed of every random generator" in text
     assert load_config(p).data.n_users == 30

@@ -1,6 +1,8 @@
 import pytest
 
-from components.data import DataError, iter_jsonl, pairs_from_ranks, read_jsonl, split_records, write_jsonl
+from components.core.data import iter_jsonl, read_jsonl, split_records, write_jsonl
+from components.maths.reward_losses import pairs_from_ranks
+from components.core.errors import DataError
 
 
 def test_jsonl_errors_name_file_and_line(tmp_path):
@@ -63,7 +65,7 @@ def test_pairs_from_ranks_ties_give_no_pair():
 def test_next_indices_covers_each_epoch_once_and_resumes_identically():
     import random
 
-    from components.data import next_indices
+    from components.core.data import next_indices
 
     rng, order, seen = random.Random(0), [], []
     for _ in range(5):  # 5 batches of 4 over 10 items: two full epochs
@@ -77,7 +79,7 @@ def test_next_indices_covers_each_epoch_once_and_resumes_identically():
 
 
 def test_take_keeps_file_order_but_never_drops_new_labels():
-    from components.data import take
+    from components.core.data import take
 
     recs = [{"id": f"c{i}"} for i in range(5)] + [{"id": "new", "labeled_at": "2026-11-22T10:00:00+00:00"}]
     assert [r["id"] for r in take(recs, 3)] == ["new", "c0", "c1"]

@@ -32,7 +32,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.procs import project_copy
+from components.core.procs import project_copy
+
+pytestmark = pytest.mark.slow  # whole pipelines, processes or servers: the full tier (make test)
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -63,12 +65,12 @@ def run_stage(proj: Path, cmd: list[str], stage: str, env: dict | None = None) -
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir):
     """A project copy on the test profile with data, base_model and a port-pinned copy of the ddp config."""
-    from components.cli import synth_data
-    from components.config import load_config, set_params
+    from components.datasets.synth import write_builtin
+    from components.core.config import load_config, set_params
 
     proj = project_copy(tmp_path_factory.mktemp("ddp"))
     set_params(proj / "params.yaml", ["common.profile=test"])
-    synth_data(load_config(overrides=["common.profile=test"]), proj / "data", force=True)
+    write_builtin(load_config(overrides=["common.profile=test"]), proj / "data", force=True)
     shutil.copytree(tiny_model_dir, proj / "outputs" / "base_model")
     shutil.copytree(tiny_model_dir, proj / "outputs" / "sft")  # reward's backbone until the sft test replaces it
     conf = yaml.safe_load((proj / "configs" / "accelerate" / "ddp.yaml").read_text())
@@ -78,9 +80,9 @@ def project(tmp_path_factory, tiny_model_dir):
 
 
 def test_sft_two_processes_match_one(project):
-    one = run_stage(project, [PY, "-m", "components.sft", *SFT], "sft")
+    one = run_stage(project, [PY, "-m", "components.stages.sft", *SFT], "sft")
     two = run_stage(project, [PY, "-m", "accelerate.commands.launch", "--config_file", "ddp_test.yaml",
-                              "--num_processes", "2", "-m", "components.sft", *SFT], "sft")
+                              "--num_processes", "2", "-m", "components.stages.sft", *SFT], "sft")
     assert two["model_version"] == one["model_version"] + 1  # rank 0 alone registered, once
     print(f"sft train_loss: 1 process {one['train_loss']:.7f}, 2 processes {two['train_loss']:.7f}, "
           f"|diff| {abs(one['train_loss'] - two['train_loss']):.2e}")
@@ -88,8 +90,8 @@ def test_sft_two_processes_match_one(project):
 
 
 def test_reward_two_processes_match_one(project):
-    one = run_stage(project, [PY, "-m", "components.reward", *REWARD], "reward")
-    two = run_stage(project, [PY, "-m", "components.reward", *REWARD], "reward",
+    one = run_stage(project, [PY, "-m", "components.stages.reward", *REWARD], "reward")
+    two = run_stage(project, [PY, "-m", "components.stages.reward", *REWARD], "reward",
                     env={"RLHF_ACCELERATE_CONFIG": "ddp_test.yaml"})
     assert two["model_version"] == one["model_version"] + 1
     for key in ("train_loss", "val_loss", "demo_bias", "val_accuracy"):

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from components import eval_sets
-from components.data import DataError
-from components.metrics import (load_metric, mc_accuracy, normalize_answer, squad_exact_match, squad_f1,
-                                squad_scores, toxicity_summary)
-from components.toxicity import ToxicityScorerError, make_scorer, toxic_label_index
+from components.datasets import eval_sets
+from components.core.errors import DataError
+from components.core.hf_metrics import load_metric
+from components.maths.metrics import mc_accuracy, normalize_answer, squad_exact_match, squad_f1, squad_scores, toxicity_summary
+from components.core.errors import ToxicityScorerError
+from components.core.toxicity import make_scorer, toxic_label_index
 from conftest import shared_file
 
 

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from components.config import PromoteConfig
-from components.evaluate import alignment_tax_table, choice_logprobs, choice_logprobs_naive, mc_scores
-from components.promote import gate
+from components.core.config import PromoteConfig
+from components.stages.evaluate import alignment_tax_table, choice_logprobs, choice_logprobs_naive
+from components.maths.metrics import mc_scores
+from components.stages.promote import gate
 
 
 def test_mc_scores_hand_computed():
@@ -26,7 +27,7 @@ def test_mc_scores_hand_computed():
 
 
 def test_kv_cache_choice_scoring_equals_one_pass_per_choice(tiny_model_dir):
-    from components.base_model import load_model_dir
+    from components.core.models import load_model_dir
 
     model, tok = load_model_dir(tiny_model_dir)
     prefix = tok("Question: what is two plus two? Answer:", add_special_tokens=False)["input_ids"]
@@ -88,16 +89,17 @@ def test_promote_moves_champion_only_through_the_gate(tmp_path, tiny_model_dir, 
 
     from mlflow import MlflowClient
 
-    from components import promote
-    from components.config import load_config
-    from components.tracking import register_model, stage_run, write_metrics
+    from components.stages import promote
+    from components.core.config import load_config
+    from components.core.registry import register_model
+    from components.core.tracking import stage_run, write_metrics
 
     cfg = load_config(overrides=["common.profile=test", f"common.outputs_dir={tmp_path / 'out'}",
                                  f"common.metrics_dir={tmp_path / 'metrics'}"])
     client = MlflowClient(isolated_mlflow)
     for version, win in ((1, 0.3), (2, 0.7), (3, 0.2)):
         with stage_run(cfg, "ppo"):
-            v = register_model(tiny_model_dir, "policy", cfg, "ppo")
+            v = register_model(tiny_model_dir, cfg, "ppo", name="policy")
         assert int(v.version) == version
         write_metrics(cfg.metrics_file("ppo"), {"model_version": version})
         write_metrics(cfg.out_dir("evaluate") / "sft.json", METRICS)
@@ -120,9 +122,11 @@ def test_rlhf_evaluate_a_registered_model(tmp_path, tiny_model_dir, isolated_mlf
 
     from mlflow import MlflowClient
 
-    from components import cli, synth
-    from components.config import load_config
-    from components.tracking import register_model, stage_run
+    from components.apps import cli
+    from components.datasets import synth
+    from components.core.config import load_config
+    from components.core.registry import register_model
+    from components.core.tracking import stage_run
 
     synth.synthesize(tmp_path / "data", seed=0, n_demonstrations=8, n_comparisons=8, n_prompts=40, n_pretrain=40,
                      k_min=4, k_max=4, label_noise=0.05, tie_margin=0.02, n_users=8)
@@ -130,7 +134,7 @@ def test_rlhf_evaluate_a_registered_model(tmp_path, tiny_model_dir, isolated_mlf
               "-S", f"common.metrics_dir={tmp_path / 'metrics'}"]
     cfg = load_config(overrides=["common.profile=test", f"common.outputs_dir={tmp_path / 'out'}"])
     with stage_run(cfg, "ppo"):
-        register_model(tiny_model_dir, "policy", cfg, "ppo", aliases=("champion",))
+        register_model(tiny_model_dir, cfg, "ppo", name="policy", aliases=("champion",))
     capsys.readouterr()
     assert cli.main(["evaluate", "--model", "models:/policy@champion", "--reference", str(tiny_model_dir),
                      "--profile", "test", "--out", str(tmp_path / "m.json"), *common]) == 0
@@ -144,5 +148,5 @@ def test_rlhf_evaluate_a_registered_model(tmp_path, tiny_model_dir, isolated_mlf
     runs = client.search_runs([client.get_experiment_by_name("rlhf").experiment_id],
                               "tags.evaluated_model = 'policy@champion'")
     assert len(runs) == 1 and runs[0].data.metrics["eval/truthfulqa_mc2"] == m["truthfulqa_mc2"]
-    assert cli.main(["evaluate", "--model", "models:/policy@nobody", "--profile", "test", *common]) == 1
+    assert cli.main(["evaluate", "--model", "models:/policy@nobody", "--profile", "test", *common]) == 3  # bad input: exit 3, as a stage
     assert "models:/policy@nobody: not in the registry" in capsys.readouterr().err

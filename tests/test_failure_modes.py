@@ -19,7 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.config import ROOT, ConfigError, load_config, redact_uri, uri_has_secret
+from components.core.config import ROOT, load_config, redact_uri, uri_has_secret
+from components.core.errors import ConfigError
+from components.core import models
+from components.core import encode
+from components.core.errors import ModelError
 
 PY = sys.executable
 RLHF = str(Path(sys.executable).with_name("rlhf"))
@@ -41,10 +45,10 @@ def stage_dirs(tmp_path: Path) -> list[str]:
 
 
 def synth(tmp_path: Path) -> Path:
-    from components.cli import synth_data
+    from components.datasets.synth import write_builtin
 
     out = tmp_path / "data"
-    synth_data(load_config(overrides=["common.profile=test"]), out, force=True)
+    write_builtin(load_config(overrides=["common.profile=test"]), out, force=True)
     return out
 
 
@@ -101,11 +105,11 @@ def test_k_above_9_is_refused_in_params(override):
 
 
 def test_k_above_9_is_refused_by_rlhf_sample(tmp_path, capsys):
-    from components.cli import main
+    from components.apps.cli import main
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"id": "p1", "prompt": "Hi"}\n')
-    assert main(["sample", "--model", str(tmp_path), "--prompts", str(prompts), "--k", "10"]) == 1
+    assert main(["sample", "--model", str(tmp_path), "--prompts", str(prompts), "--k", "10"]) == 3  # bad input: exit 3, as a stage
     assert "k = 10: the data format allows 2 <= K <= 9" in capsys.readouterr().err
 
 
@@ -124,6 +128,7 @@ def test_params_file_missing_or_not_utf8_names_the_file(tmp_path):
     ("sft.lr=-1e-4", "sft.lr: Input should be greater than 0"),
     ("label.k=10", "label.k: Input should be less than or equal to 9"),
 ], ids=["unknown_key", "wrong_type", "negative_lr", "k_10"])
+@pytest.mark.slow
 def test_rlhf_cli_refuses_bad_params_with_exit_2(override, fragment):
     p = run_cmd([RLHF, "params", "-S", override])
     assert p.returncode == 2, p.stderr
@@ -131,9 +136,10 @@ def test_rlhf_cli_refuses_bad_params_with_exit_2(override, fragment):
     assert p.stdout == ""
 
 
+@pytest.mark.slow
 def test_stage_refuses_bad_params_before_any_mlflow_run(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    p = run_cmd([PY, "-m", "components.sft", *stage_dirs(tmp_path), "sft.lr=-1"], {"MLFLOW_TRACKING_URI": uri})
+    p = run_cmd([PY, "-m", "components.stages.sft", *stage_dirs(tmp_path), "sft.lr=-1"], {"MLFLOW_TRACKING_URI": uri})
     assert p.returncode == 2, p.stderr
     assert "error: [sft]" in p.stderr and "sft.lr: Input should be greater than 0" in p.stderr
     assert "Traceback" not in p.stderr
@@ -143,9 +149,10 @@ def test_stage_refuses_bad_params_before_any_mlflow_run(tmp_path):
 
 # ------------------------------------------------------------------- 1. bad input: files and models
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing_data_file", "empty_data_file", "truncated_checkpoint"])
 def test_stage_with_bad_input_fails_cleanly_and_leaves_nothing(case, tmp_path, tiny_model_dir):
-    """`python -m components.sft` (what DVC runs) on bad input: exit 1, one error line naming the
+    """`python -m components.stages.sft` (what DVC runs) on bad input: exit 1, one error line naming the
     file, the MLflow run FAILED, nothing registered, no model folder, no metrics file."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data = synth(tmp_path)
@@ -160,7 +167,7 @@ def test_stage_with_bad_input_fails_cleanly_and_leaves_nothing(case, tmp_path, t
         w = base / "model.safetensors"
         w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
         expected = f"{w}: truncated or corrupt safetensors file"
-    p = run_cmd([PY, "-m", "components.sft", *stage_dirs(tmp_path)], {"MLFLOW_TRACKING_URI": uri})
+    p = run_cmd([PY, "-m", "components.stages.sft", *stage_dirs(tmp_path)], {"MLFLOW_TRACKING_URI": uri})
     assert p.returncode == 3, p.stderr[-3000:]
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: [sft] ") and expected in last, p.stderr[-3000:]
@@ -170,13 +177,14 @@ def test_stage_with_bad_input_fails_cleanly_and_leaves_nothing(case, tmp_path, t
     assert not (tmp_path / "outputs" / "checkpoints" / "sft").exists()
 
 
+@pytest.mark.slow
 def test_validate_stage_on_non_utf8_bytes_names_file_and_line(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data = synth(tmp_path)
     demos = data / "demonstrations.jsonl"
     lines = demos.read_bytes().splitlines(keepends=True)
     demos.write_bytes(b"".join(lines[:2]) + b'{"id": "bad", "prompt": "caf\xe9", "response": "x"}\n' + b"".join(lines[2:]))
-    p = run_cmd([PY, "-m", "components.validate", *stage_dirs(tmp_path)], {"MLFLOW_TRACKING_URI": uri})
+    p = run_cmd([PY, "-m", "components.stages.validate", *stage_dirs(tmp_path)], {"MLFLOW_TRACKING_URI": uri})
     assert p.returncode == 3, p.stderr[-3000:]
     assert "error: [validate] data validation failed" in p.stderr
     assert f"{demos}:3 valid_utf8 — not valid UTF-8 (byte 28" in p.stderr
@@ -187,20 +195,20 @@ def test_validate_stage_on_non_utf8_bytes_names_file_and_line(tmp_path):
 
 
 def test_base_model_stage_refuses_a_truncated_source_naming_the_file(tmp_path, tiny_model_dir):
-    from components import base_model
+    from components.stages import base_model
 
     src = copy_model(tiny_model_dir, tmp_path / "src")
     w = src / "model.safetensors"
     w.write_bytes(w.read_bytes()[:1000])
     cfg = load_config(overrides=[*stage_dirs(tmp_path), "base_model.tiny=false", f"base_model.source={src}"])
-    with pytest.raises(base_model.ModelError, match=f"{w}: truncated or corrupt safetensors file"):
+    with pytest.raises(ModelError, match=f"{w}: truncated or corrupt safetensors file"):
         base_model.run(cfg)
     assert not (tmp_path / "outputs" / "base_model").exists()
     assert not list((tmp_path / "outputs").glob(".base_model.*")) if (tmp_path / "outputs").exists() else True
 
 
 def test_a_failed_save_leaves_the_previous_model_folder_and_no_partial_one(tmp_path):
-    from components.base_model import save_model_dir
+    from components.core.models import save_model_dir
 
     out = tmp_path / "outputs" / "sft"
     out.mkdir(parents=True)
@@ -224,9 +232,9 @@ def test_long_sequences_are_truncated_with_a_warning_or_refused(tiny_model_dir, 
     """Per params: <stage>.max_length (tokens) truncates with a warning naming the rows; a prompt that
     fills max_length leaves no answer token (dropped, warned); none left is refused. The validation
     gate refuses prompts over validate.max_prompt_chars (test_validate_rules)."""
-    from components import ppo, reward, trainer_utils as tu
-    from components.base_model import load_model_dir
-    from components.data import DataError
+    from components.core import trainers as tu
+    from components.core.models import load_model_dir
+    from components.core.errors import DataError
 
     _, tok = load_model_dir(tiny_model_dir)
     src = tmp_path / "demonstrations.jsonl"
@@ -246,9 +254,9 @@ def test_long_sequences_are_truncated_with_a_warning_or_refused(tiny_model_dir, 
                "rejected": [{"role": "assistant", "content": "no"}]}
     assert tu.check_lengths("dpo", tok, [dpo_row], 64, src) == {"truncated": 1, "dropped": 0}
     # reward and PPO: left-truncated (the answer's end / the prompt's end is kept), counted, warned in run()/train()
-    ids, cut = reward.encode_pair(tok, long, "ok", "", 64)
+    ids, cut = encode.encode_pair(tok, long, "ok", "", 64)
     assert cut and len(ids) == 64
-    pids, n_cut = ppo.encode_prompts(tok, ["Hi", long], "", 32)
+    pids, n_cut = encode.encode_prompts(tok, ["Hi", long], "", 32)
     assert n_cut == 1 and len(pids[1]) == 32
 
 
@@ -268,19 +276,19 @@ def nan_after(model, n_calls: int):
 
 def test_sft_stops_at_the_first_nan_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir, isolated_mlflow,
                                                                        monkeypatch, capsys):
-    from components import base_model, sft
-    from components.tracking import stage_main
+    from components.stages import sft
+    from components.core.stage import stage_main
 
     synth(tmp_path)
     copy_model(tiny_model_dir, tmp_path / "outputs" / "base_model")
-    real_load = base_model.load_model_dir
+    real_load = models.load_model_dir
 
     def load_poisoned(path, **kw):
         model, tok = real_load(path, **kw)
         nan_after(model, 3)  # the forward pass of step 3 (one micro-batch per step)
         return model, tok
 
-    monkeypatch.setattr(base_model, "load_model_dir", load_poisoned)
+    monkeypatch.setattr(sft, "load_model_dir", load_poisoned)
     rc = stage_main("sft", sft.run, [*stage_dirs(tmp_path), "sft.max_steps=4", "sft.save_steps=2",
                                      "sft.logging_steps=1", "sft.save_total_limit=5"])
     err = capsys.readouterr().err
@@ -298,19 +306,19 @@ def test_sft_stops_at_the_first_nan_and_keeps_the_last_good_checkpoint(tmp_path,
 
 
 def test_dpo_stops_at_a_non_finite_loss(tmp_path, tiny_model_dir, monkeypatch):
-    from components import base_model, dpo
-    from components.tracking import stage_run
+    from components.stages import dpo
+    from components.core.tracking import stage_run
 
     synth(tmp_path)
     copy_model(tiny_model_dir, tmp_path / "outputs" / "sft")
-    real_load = base_model.load_model_dir
+    real_load = models.load_model_dir
 
     def load_poisoned(path, **kw):
         model, tok = real_load(path, **kw)
         nan_after(model, 1)
         return model, tok
 
-    monkeypatch.setattr(base_model, "load_model_dir", load_poisoned)
+    monkeypatch.setattr(dpo, "load_model_dir", load_poisoned)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     cfg = load_config(overrides=[*stage_dirs(tmp_path), "dpo.max_steps=2", "dpo.max_samples=8"])
     with pytest.raises(FloatingPointError, match=r"\[dpo\] non-finite (training loss|gradient norm) \(nan\) at step 1"):
@@ -326,7 +334,7 @@ def test_trainer_guard_checks_loss_gradient_and_log_and_trainer_keeps_nan_visibl
 
     from transformers import TrainerControl, TrainerState
 
-    from components import trainer_utils as tu
+    from components.core import trainers as tu
 
     assert tu.trainer_kwargs(load_config(), load_config().sft, tmp_path, 10)["logging_nan_inf_filter"] is False
     (tmp_path / "checkpoint-4").mkdir()
@@ -350,17 +358,16 @@ def test_trainer_guard_checks_loss_gradient_and_log_and_trainer_keeps_nan_visibl
 
 
 def _reward_items(tok, n=8):
-    from components import reward
-
     answers = ["good good", "good", "bad"]
-    return [{"ids": [reward.encode_pair(tok, f"Item {i}?", a, "", 48)[0] for a in answers], "ranks": [0, 1, 2],
+    return [{"ids": [encode.encode_pair(tok, f"Item {i}?", a, "", 48)[0] for a in answers], "ranks": [0, 1, 2],
              "utility_id": 0, "prompt_type": "unknown"} for i in range(n)]
 
 
 @pytest.mark.parametrize("what", ["loss", "gradient"])
 def test_reward_training_stops_at_a_non_finite_value_and_keeps_its_checkpoint(what, tiny_model_dir, tmp_path, monkeypatch):
-    from components import reward, reward_losses
-    from components.config import RewardConfig
+    from components.stages import reward
+    from components.maths import reward_losses
+    from components.core.config import RewardConfig
 
     model, tok = reward.load_reward_backbone(tiny_model_dir)
     rc = RewardConfig(max_steps=4, save_steps=2, prompts_per_batch=2, warmup_ratio=0.0,
@@ -374,7 +381,7 @@ def test_reward_training_stops_at_a_non_finite_value_and_keeps_its_checkpoint(wh
             loss, diag = real(*a, **kw)
             return (loss * float("nan") if calls["n"] == 3 else loss), diag
 
-        monkeypatch.setattr(reward_losses, "kwise_loss", kwise_loss)
+        monkeypatch.setattr(reward, "kwise_loss", kwise_loss)
         expected = r"\[reward\] non-finite loss nan at step 3"
     else:
         def poison(grad):
@@ -383,11 +390,11 @@ def test_reward_training_stops_at_a_non_finite_value_and_keeps_its_checkpoint(wh
 
         model.score.weight.register_hook(poison)
         expected = r"\[reward\] non-finite gradient norm at step 3"
-    ckpt = tmp_path / "ckpt" / "state.pt"
+    ckpt = tmp_path / "ckpt"
     with pytest.raises(FloatingPointError, match=expected):
         reward.train(model, _reward_items(tok), rc, tok.pad_token_id, ("logsigmoid",), 0,
-                     autocast=reward.autocast_for(False), ckpt=ckpt)
-    state = torch.load(ckpt, weights_only=False)
+                     autocast=models.autocast_for(False), ckpt_dir=ckpt)
+    state = torch.load(ckpt / "step-2" / "state.pt", weights_only=False)
     assert state["step"] == 2  # the last good checkpoint is kept
     assert all(torch.isfinite(t).all() for t in state["model"].values())
 
@@ -406,10 +413,11 @@ class _Scorer:
 
 @pytest.mark.parametrize("what", ["reward", "loss", "gradient"])
 def test_ppo_stops_at_a_non_finite_value_and_keeps_its_checkpoint(what, tiny_model_dir, tmp_path, monkeypatch, capsys):
-    from components import ppo, ppo_losses
-    from components.base_model import load_model_dir
-    from components.config import PPOConfig
-    from components.reward import load_reward_backbone
+    from components.stages import ppo
+    from components.maths import ppo_losses
+    from components.core.models import load_model_dir
+    from components.core.config import PPOConfig
+    from components.stages.reward import load_reward_backbone
 
     torch.manual_seed(0)
     policy, tok = load_model_dir(tiny_model_dir)
@@ -440,7 +448,7 @@ def test_ppo_stops_at_a_non_finite_value_and_keeps_its_checkpoint(what, tiny_mod
     prompts = ["Tell me a number.", "Say hi. " * 40]  # the second is longer than max_prompt_length
     ckpt = tmp_path / "ckpt"
     with pytest.raises(FloatingPointError, match=expected):
-        ppo.train(ppo.Models(policy, ref, value, scorer, tok), prompts, [], pc, ptx_coef=0.0, seed=0, ckpt_dir=ckpt)
+        ppo.train(ppo.Models(policy, ref, value, scorer, tok), prompts, [], pc, seed=0, ckpt_dir=ckpt)
     assert "[ppo] warning: 1 prompts longer than ppo.max_prompt_length=48 tokens were left-truncated" in capsys.readouterr().out
     assert sorted(p.name for p in ckpt.iterdir()) == ["update-1"]  # the last good checkpoint is kept
     state = torch.load(ckpt / "update-1" / "state.pt", weights_only=False)
@@ -450,7 +458,8 @@ def test_ppo_stops_at_a_non_finite_value_and_keeps_its_checkpoint(what, tiny_mod
 # --------------------------------------------------------------------------------- 5. security
 
 def test_servers_bind_127_0_0_1_unless_told_otherwise(monkeypatch, tmp_path):
-    from components import cli, label
+    from components.apps import cli
+    from components.apps import label
 
     parser = cli.build_parser()
     for argv in (["ui"], ["serve"], ["label"]):
@@ -483,7 +492,7 @@ def test_servers_bind_127_0_0_1_unless_told_otherwise(monkeypatch, tmp_path):
 
 
 def test_trust_remote_code_is_off_and_shipped_code_never_runs(tiny_model_dir, tmp_path):
-    from components import base_model
+    from components.stages import base_model
 
     assert load_config().base_model.trust_remote_code is False
     src = copy_model(tiny_model_dir, tmp_path / "remote")
@@ -495,7 +504,7 @@ def test_trust_remote_code_is_off_and_shipped_code_never_runs(tiny_model_dir, tm
     conf.update(model_type="evil-custom", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
     (src / "config.json").write_text(json.dumps(conf))
     cfg = load_config(overrides=[*stage_dirs(tmp_path), "base_model.tiny=false", f"base_model.source={src}"])
-    with pytest.raises(base_model.ModelError, match=rf"base_model.source='{src}': cannot load: .*trust_remote_code"):
+    with pytest.raises(ModelError, match=rf"base_model.source='{src}': cannot load: .*trust_remote_code"):
         base_model.run(cfg)
     assert not marker.exists()
     assert not (tmp_path / "outputs" / "base_model").exists()
@@ -504,17 +513,17 @@ def test_trust_remote_code_is_off_and_shipped_code_never_runs(tiny_model_dir, tm
 def test_pickle_weights_are_refused_unless_allow_pickle(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from components import base_model
+    from components.stages import base_model
 
     src = copy_model(tiny_model_dir, tmp_path / "pickled")
     torch.save(load_file(src / "model.safetensors"), src / "pytorch_model.bin")
     (src / "model.safetensors").unlink()
     over = [*stage_dirs(tmp_path), "base_model.tiny=false", f"base_model.source={src}"]
-    with pytest.raises(base_model.ModelError, match=rf"{src}: no .safetensors weights .*base_model.allow_pickle=true"):
+    with pytest.raises(ModelError, match=rf"{src}: no .safetensors weights .*base_model.allow_pickle=true"):
         base_model.run(load_config(overrides=over))
     assert not (tmp_path / "outputs" / "base_model").exists()
-    with pytest.raises(base_model.ModelError, match="pickle weights need base_model.allow_pickle=true"):
-        base_model.load_model_dir(src)  # what every later stage calls
+    with pytest.raises(ModelError, match="pickle weights need base_model.allow_pickle=true"):
+        models.load_model_dir(src)  # what every later stage calls
     base_model.run(load_config(overrides=[*over, "base_model.allow_pickle=true"]))  # the user opted in
     out = tmp_path / "outputs" / "base_model"
     assert (out / "model.safetensors").exists() and not (out / "pytorch_model.bin").exists()
@@ -533,6 +542,7 @@ def test_tracking_uri_credentials_are_masked(uri, shown):
     assert "s3cret" not in redact_uri(uri) and "tok3n" not in redact_uri(uri)
 
 
+@pytest.mark.slow
 def test_credentials_are_refused_in_params_and_never_echoed(tmp_path):
     for uri in ("http://bob:s3cret@mlflow.example:5000", "https://mlflow.example/?api_key=s3cret"):
         assert uri_has_secret(uri)
@@ -543,7 +553,7 @@ def test_credentials_are_refused_in_params_and_never_echoed(tmp_path):
     assert load_config(overrides=["common.tracking_uri=http://mlflow.example:5000"]).common.tracking_uri
     p = run_cmd([RLHF, "params", "-S", "common.tracking_uri=http://bob:s3cret@h:5000"])
     assert p.returncode == 2 and "s3cret" not in p.stderr + p.stdout
-    from components.config import set_params  # what `rlhf run -S` calls: validated before anything is written
+    from components.core.config import set_params# what `rlhf run -S` calls: validated before anything is written
 
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
@@ -554,7 +564,7 @@ def test_credentials_are_refused_in_params_and_never_echoed(tmp_path):
 
 
 def test_rlhf_ui_prints_the_store_with_the_password_masked(monkeypatch, capsys):
-    from components import cli
+    from components.apps import cli
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://bob:s3cret@mlflow.example:5000")
     seen = {}
@@ -571,7 +581,7 @@ def test_secret_env_vars_never_reach_mlflow(isolated_mlflow, monkeypatch, tmp_pa
     import mlflow
     from mlflow import MlflowClient
 
-    from components import tracking
+    from components.core import tracking
 
     secret = "tok-0123456789-secret"
     for name in ("HF_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MY_SERVICE_TOKEN", "DB_PASSWORD"):
@@ -598,7 +608,8 @@ def test_text_from_data_is_never_executed():
     """No eval/exec, no shell=True, no os.system, YAML read with safe_load, every torch.load explicit
     about weights_only; the ranking page sets data with textContent only (the validation report
     escapes HTML: test_validate_rules.py::test_write_report_escapes_html)."""
-    files = sorted((ROOT / "components").glob("*.py")) + sorted((ROOT / "flows").glob("*.py"))
+    files = sorted((ROOT / "components").rglob("*.py")) + sorted((ROOT / "flows").glob("*.py"))
+    assert len(files) > 40  # every package of the tree, not just the top folder
     problems = []
     for path in files:
         for name, node in _calls(ast.parse(path.read_text(), str(path))):
@@ -612,7 +623,7 @@ def test_text_from_data_is_never_executed():
             if name == "torch.load" and not any(k.arg == "weights_only" for k in node.keywords):
                 problems.append(f"{where}: torch.load without weights_only")
     assert problems == []
-    from components.label_page import PAGE
+    from components.apps.label_page import PAGE
 
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in PAGE

@@ -5,7 +5,7 @@ retention (``common.keep_versions``) prunes old versions but never one holding a
 
 Real processes: two temporary project copies with the test profile, K (killed, then rerun) and U
 (uninterrupted), the same data and base model. ``RLHF_KILL_AFTER_CHECKPOINT=N``
-(components/faults.py) makes the stage SIGKILL itself right after its checkpoint N is on disk, so
+(components/core/faults.py) makes the stage SIGKILL itself right after its checkpoint N is on disk, so
 the kill point is deterministic (no sleeps, no polling races).
 """
 
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from components.config import load_config, set_params
-from components.faults import KILL_ENV
-from components.retention import versions_to_prune
+from components.core.config import load_config, set_params
+from components.core.faults import KILL_ENV
+from components.core.retention import versions_to_prune
+from components.core.registry import register_model, resolve_model
 
 BIN = Path(sys.executable).parent
 
@@ -31,9 +32,9 @@ BIN = Path(sys.executable).parent
 # command line (``python -m components.<stage> key=value``, highest precedence), because the test
 # profile's own values would win over params.yaml. sft keeps logging_steps 5: the kill at step 4
 # falls between two log lines, the case where a resumed run's mean train loss used to go wrong.
-SFT = ["components.sft", "sft.max_steps=6", "sft.save_steps=2"]
-REWARD = ["components.reward", "reward.max_steps=6", "reward.save_steps=2"]
-PPO = ["components.ppo", "ppo", "ppo.updates=4", "ppo.save_every=1"]
+SFT = ["components.stages.sft", "sft.max_steps=6", "sft.save_steps=2"]
+REWARD = ["components.stages.reward", "reward.max_steps=6", "reward.save_steps=2"]
+PPO = ["components.stages.ppo", "ppo", "ppo.updates=4", "ppo.save_every=1"]
 REGISTERED = ("sft", "reward-model", "policy")
 
 
@@ -135,8 +136,8 @@ def pair(tmp_path_factory):
     u = project_copy(tmp_path_factory.mktemp("uninterrupted"))
     for proj in (k, u):
         set_params(proj / "params.yaml", ["common.profile=test"])
-    run(k, ["components.cli", "data", "synth"])  # the built-in data at the test profile's sizes
-    run(k, ["components.base_model"])
+    run(k, ["components.apps.cli", "data", "synth"])  # the built-in data at the test profile's sizes
+    run(k, ["components.stages.base_model"])
     shutil.copytree(k / "data", u / "data")
     shutil.copytree(k / "outputs" / "base_model", u / "outputs" / "base_model")
     return k, u
@@ -149,7 +150,7 @@ def sft_done(pair):
 
 @pytest.fixture(scope="module")
 def reward_done(pair, sft_done):
-    return kill_rerun_and_compare(pair, REWARD, 4, Path("outputs/checkpoints/reward/state.pt"), "reward")
+    return kill_rerun_and_compare(pair, REWARD, 4, Path("outputs/checkpoints/reward/step-4/state.pt"), "reward")
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +222,8 @@ def test_a_failing_stage_leaves_earlier_versions_and_the_champion_alias_alone(pa
     assert "error: [ppo]" in out
     assert registry(k) == before
     # the champion's files are still there and load
-    code = ("from components.config import load_config\n"
-            "from components.tracking import resolve_model\n"
+    code = ("from components.core.config import load_config\n"
+            "from components.core.registry import resolve_model\n"
             "print(resolve_model('models:/policy@champion', load_config()))\n")
     p = subprocess.run([str(BIN / "python"), "-c", code], cwd=k, env=env_for(k), text=True, capture_output=True)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -230,7 +231,7 @@ def test_a_failing_stage_leaves_earlier_versions_and_the_champion_alias_alone(pa
 
 
 def test_partly_written_trainer_checkpoint_is_not_resumed_from(tmp_path):
-    from components.trainer_utils import last_checkpoint
+    from components.core.trainers import last_checkpoint
 
     for step, complete in ((2, True), (4, True), (6, False)):  # a kill while checkpoint-6 was being written
         d = tmp_path / f"checkpoint-{step}"
@@ -245,7 +246,7 @@ def test_partly_written_trainer_checkpoint_is_not_resumed_from(tmp_path):
 def test_whole_run_loss_of_a_resumed_run():
     from types import SimpleNamespace
 
-    from components.trainer_utils import whole_run_loss
+    from components.core.trainers import whole_run_loss
 
     # steps 1..6 with losses 6,5,4,3,2,1; logs at 2 (save), 4 (save) and 5 (logging_steps); killed after 4
     history = [{"loss": 5.5, "step": 2}, {"loss": 3.5, "step": 4}, {"loss": 2.0, "step": 5}, {"loss": 1.0, "step": 6}]
@@ -271,7 +272,7 @@ def test_registering_past_keep_versions_deletes_old_unaliased_versions_and_their
     import mlflow
     from mlflow import MlflowClient
 
-    from components import tracking
+    from components.core import tracking
 
     cfg = load_config(overrides=["common.experiment=test-retention", "common.keep_versions=2",
                                  f"common.outputs_dir={tmp_path / 'outputs'}"])
@@ -280,13 +281,13 @@ def test_registering_past_keep_versions_deletes_old_unaliased_versions_and_their
     sources = {}
     for i in range(1, 5):
         with tracking.stage_run(cfg, "base_model"):
-            v = tracking.register_model(tiny_model_dir, "kept", cfg, "base_model")
+            v = register_model(tiny_model_dir, cfg, "base_model", name="kept")
         sources[int(v.version)] = client.get_logged_model(v.source[len("models:/"):]).artifact_location
         if i == 1:
             client.set_registered_model_alias("kept", "champion", v.version)
-            cached = tracking.resolve_model("models:/kept/1", cfg)
+            cached = resolve_model("models:/kept/1", cfg)
         if i == 2:
-            cached = tracking.resolve_model("models:/kept/2", cfg)  # a local copy of v2 (rlhf sample does this)
+            cached = resolve_model("models:/kept/2", cfg)  # a local copy of v2 (rlhf sample does this)
     left = sorted(int(v.version) for v in client.search_model_versions("name='kept'"))
     assert left == [1, 3, 4]  # v1 holds champion; v3, v4 are the newest two
     assert str(client.get_model_version_by_alias("kept", "champion").version) == "1"

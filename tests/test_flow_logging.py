@@ -18,14 +18,14 @@ def test_project_lock_refuses_or_queues_a_second_run(tmp_path, monkeypatch):
 
     import pytest
 
-    from flows import rlhf
+    from flows import lock as rlhf
 
     lock = tmp_path / ".rlhf-run.lock"
     monkeypatch.setattr(rlhf, "LOCK_FILE", lock)
     holder = subprocess.Popen([sys.executable, "-c",
                                "import sys, time\n"
                                "from pathlib import Path\n"
-                               "from flows import rlhf\n"
+                               "from flows import lock as rlhf\n"
                                f"rlhf.LOCK_FILE = Path({str(lock)!r})\n"
                                "with rlhf.project_lock():\n"
                                "    print('held', flush=True)\n"
@@ -50,7 +50,7 @@ def test_a_stage_is_retried_after_a_crash_not_after_bad_input():
     (exit 3) fail the same way again, so they are not retried."""
     from prefect.states import Completed, Failed
 
-    from flows.rlhf import StageFailed, worth_retrying
+    from flows.cache import StageFailed, worth_retrying
 
     assert worth_retrying(None, None, Failed(data=StageFailed("killed", -9)))
     assert worth_retrying(None, None, Failed(data=StageFailed("crash", 1)))
@@ -65,9 +65,9 @@ def test_summary_links_each_stage_run_in_the_mlflow_ui(isolated_mlflow, monkeypa
     it; a stage that came from the cache has no new run, so no link."""
     import mlflow
 
-    from components.config import load_config
-    from components.tracking import PARENT_RUN_ENV, setup, stage_run
-    from flows.rlhf import _summary_markdown, mlflow_links
+    from components.core.config import load_config
+    from components.core.tracking import PARENT_RUN_ENV, setup, stage_run
+    from flows.summary import mlflow_links, summary_markdown
 
     cfg = load_config(overrides=["common.experiment=test-links"])
     setup(cfg)
@@ -80,7 +80,7 @@ def test_summary_links_each_stage_run_in_the_mlflow_ui(isolated_mlflow, monkeypa
     exp = parent.info.experiment_id
     assert parent_link == f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{parent.info.run_id}"
     assert links == {"sft": f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{sft_run.info.run_id}"}
-    md = _summary_markdown([{"stage": "sft", "status": "ran", "seconds": 1.0, "metrics": {"loss": 0.5}},
-                            {"stage": "dpo", "status": "cached (inputs unchanged)", "seconds": 0.0, "metrics": {}}],
-                           parent_link, links)
+    md = summary_markdown([{"stage": "sft", "status": "ran", "seconds": 1.0, "metrics": {"loss": 0.5}},
+                           {"stage": "dpo", "status": "cached (inputs unchanged)", "seconds": 0.0, "metrics": {}}],
+                          parent_link, links)
     assert f"| [sft]({links['sft']}) | ran | 1.0 | loss=0.5 |" in md and "| dpo | cached (inputs unchanged) |" in md

@@ -11,16 +11,17 @@ from pathlib import Path
 import conftest
 import pytest
 
-from components import importers
-from components.data import DataError, K_MAX, read_jsonl, write_jsonl
-from components.validate_rules import CONTROL_CHARS
+from components.datasets import importers
+from components.core.data import K_MAX, read_jsonl, write_jsonl
+from components.core.errors import DataError
+from components.datasets.rules import CONTROL_CHARS
 
 @pytest.fixture(scope="module")
 def vr():
     """The validation gate; pays the slow great_expectations import once for the module."""
     import great_expectations  # noqa: F401
 
-    from components import validate_rules
+    from components.datasets import rules as validate_rules
 
     return validate_rules
 
@@ -295,7 +296,7 @@ def test_real_oasst_imports_and_passes_the_gate(oasst_real, vr, tmp_path):
 
 
 def test_cli_imports_hh_rlhf(tmp_path, capsys):
-    from components.cli import main
+    from components.apps.cli import main
 
     src = conftest.shared_file("hh-rlhf", "harmless-base-test.jsonl.gz")
     out = tmp_path / "out"

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from components import label
-from components.config import load_config
-from components.data import read_jsonl, write_jsonl
+from components.apps import label
+from components.core.config import load_config
+from components.core.data import read_jsonl, write_jsonl
+from components.core import registry
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -88,7 +89,7 @@ def ranking(item: dict, labeler: str, ranks_by_answer: list[int] | None = None) 
 @pytest.fixture(scope="module")
 def sampled(tiny_model_dir, tmp_path_factory):
     """Built-in data of test size and a queue sampled from its prompts by the tiny model."""
-    from components import synth
+    from components.datasets import synth
 
     tmp = tmp_path_factory.mktemp("label")
     synth.synthesize(tmp / "data", seed=0, n_demonstrations=8, n_comparisons=8, n_prompts=6, n_pretrain=8,
@@ -115,12 +116,12 @@ def test_sample_writes_k_distinct_answers_per_prompt_with_the_version(sampled, t
 
 
 def test_sample_from_the_registry_records_name_and_version(tiny_model_dir, isolated_mlflow, tmp_path):
-    from components import tracking
+    from components.core import tracking
 
     cfg = load_config(overrides=["common.profile=test", f"common.outputs_dir={tmp_path}/outputs",
                                  "common.experiment=test-label", "label.max_new_tokens=4"])
     with tracking.stage_run(cfg, "ppo"):
-        tracking.register_model(tiny_model_dir, "test-policy", cfg, "ppo", aliases=("champion",))
+        registry.register_model(tiny_model_dir, cfg, "ppo", name="test-policy", aliases=("champion",))
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, [{"id": "x1", "prompt": "What is 2 + 2?"}, {"id": "x2", "prompt": "Sort: 3, 1, 2."}])
     label.sample(cfg, "models:/test-policy@champion", prompts, k=3, out_queue=tmp_path / "q.jsonl")
@@ -136,6 +137,7 @@ def test_sample_refuses_a_prompt_without_text(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the ranking page
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_ranking_page_in_a_real_browser(tmp_path):
     if not Path(CHROMIUM).exists():
@@ -206,6 +208,7 @@ def test_ranking_page_in_a_real_browser(tmp_path):
 
 
 # ------------------------------------------------------------------------------ writes
+@pytest.mark.slow
 def test_concurrent_submissions_lose_and_duplicate_nothing(tmp_path):
     """4 processes call submit() directly while 8 threads post to the server; every ranking is sent
     four times back to back (retries), so copies race each other in different workers."""
@@ -255,6 +258,7 @@ def test_a_torn_last_line_is_cut_before_appending(tmp_path):
     assert [r["id"] for r in read_jsonl(out)] == ["p1-aaaa/alice", "p2-bbbb/bob"]
 
 
+@pytest.mark.slow
 def test_malformed_submissions_are_refused_with_the_field_named_and_nothing_written(tmp_path):
     write_queue(tmp_path)
     out = tmp_path / "data" / "comparisons.jsonl"
@@ -311,8 +315,8 @@ def test_agreement_on_a_hand_computed_example():
 
 # ------------------------------------------------------------------------------ simulated labeler, gate, commit
 def test_simulated_labelers_pass_the_gate_and_commit_runs_dvc_add(sampled, monkeypatch):
-    from components import cli
-    from components.validate import ValidationFailed
+    from components.apps import cli
+    from components.core.errors import ValidationFailed
 
     cfg, tmp, _ = sampled
     out = tmp / "data" / "comparisons.jsonl"
@@ -331,7 +335,7 @@ def test_simulated_labelers_pass_the_gate_and_commit_runs_dvc_add(sampled, monke
     assert "sim-0: 6 ranked, 0 flagged, 0 of the queue left" in text and "inter-labeler agreement: " in text
 
     calls = []
-    monkeypatch.setattr(cli, "dvc", lambda *a, **kw: calls.append(a) or type("Done", (), {"returncode": 0})())
+    monkeypatch.setattr(label, "dvc", lambda *a, **kw: calls.append(a) or type("Done", (), {"returncode": 0})())
     message = label.commit(cfg, tmp / "data")  # the same great-expectations gate as the pipeline
     rel = os.path.relpath(tmp / "data", cli.ROOT)
     assert calls == [("add", rel)] and f"git add {rel}.dvc" in message
@@ -345,7 +349,7 @@ def test_simulated_labelers_pass_the_gate_and_commit_runs_dvc_add(sampled, monke
 
 
 def test_cli_label_report(tmp_path, capsys):
-    from components import cli
+    from components.apps import cli
 
     queue = label.read_queue(write_queue(tmp_path))
     out = tmp_path / "comparisons.jsonl"

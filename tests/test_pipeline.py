@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from components.config import set_params
-from components.procs import project_copy
+from components.core.config import set_params
+from components.core.procs import project_copy
 from flows.rlhf import STAGES
+
+pytestmark = pytest.mark.slow  # whole pipelines, processes or servers: the full tier (make test)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -112,6 +115,45 @@ def test_models_are_registered_with_lineage_under_one_parent_run(project):
     parents = {v[2] for v in got.values()}
     assert len(parents) == 1 and None not in parents  # nested under the pipeline's parent run
     assert all(v[0] == md5 and v[1] for v in got.values())
+
+
+def changed_stages(proj: Path) -> set[str]:
+    """The stages `dvc status` lists as changed."""
+    import re
+
+    return set(re.findall(r"^(\w+):$", sh([str(BIN / "dvc"), "status"], proj).stdout, re.M))
+
+
+def test_an_edit_to_shared_code_reruns_exactly_the_stages_that_import_it(project):
+    """dvc.yaml's code deps are what each stage imports, so DVC (and the flow's cache key, the same
+    deps) sees an edit to any module a stage runs: the stages importing it, and none other."""
+    proj, _ = project
+    assert changed_stages(proj) == set()
+    for module, stages in (("components/core/scoring.py", {"reward", "ppo", "ppo_ptx", "evaluate"}),
+                           ("components/datasets/synth.py", {"ppo", "ppo_ptx", "evaluate"}),  # gold_reward
+                           ("components/core/encode.py", set(STAGES) - {"validate"})):
+        path = proj / module
+        before = path.read_text()
+        path.write_text(before + "\n# an edit\n")
+        try:
+            assert changed_stages(proj) == stages, module
+        finally:
+            path.write_text(before)
+    assert changed_stages(proj) == set()
+
+
+def test_deleted_outputs_are_restored_not_trusted_to_the_cache(project):
+    """A stage whose outputs were deleted, inputs unchanged, is not skipped by the Prefect cache:
+    DVC says it changed, the flow refreshes its cache entry and the stage's outputs come back from
+    DVC's run cache (its own run, not a retrain); what depends on them, their bytes back, stays cached."""
+    proj, _ = project
+    shutil.rmtree(proj / "outputs" / "dpo")
+    assert changed_stages(proj) == {"dpo", "evaluate"}  # dpo's out is gone, and it is a dep of evaluate
+    statuses = flow_statuses(sh([str(BIN / "python"), "-c", FLOW], proj).stdout)
+    assert statuses["dpo"] == "restored from the DVC run cache", statuses
+    assert all(v == "cached (inputs unchanged)" for k, v in statuses.items() if k != "dpo"), statuses
+    assert (proj / "outputs" / "dpo" / "model.safetensors").exists()
+    assert changed_stages(proj) == set()
 
 
 def test_rerun_is_cached_and_a_param_change_reruns_only_dependents(project):

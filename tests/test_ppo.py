@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components import ppo
-from components.config import PPOConfig
+from components.stages import ppo
+from components.core.config import PPOConfig
+from components.core import encode
 
 PROMPTS = [f"Tell me a number {i}." for i in range(16)]
 TEXTS = ["The capital of France is Paris.", "Water boils at 100 degrees.", "Seven plus five is twelve."] * 4
@@ -28,8 +29,8 @@ class EvenTokenScorer:
 
 
 def models(tiny_dir):
-    from components.base_model import load_model_dir
-    from components.reward import load_reward_backbone
+    from components.core.models import load_model_dir
+    from components.stages.reward import load_reward_backbone
 
     torch.manual_seed(0)  # the value model's fresh scalar head is drawn from the global RNG
     policy, tok = load_model_dir(tiny_dir)
@@ -44,7 +45,7 @@ def test_reward_rises_within_a_few_dozen_updates(tiny_model_dir):
     m = models(tiny_model_dir)
     pc = PPOConfig(updates=20, batch_size=8, minibatch_size=4, ppo_epochs=2, lr=3e-3, value_lr=1e-3,
                    max_new_tokens=8, kl_coef=0.0, missing_eos_penalty=0.0, top_k=16)
-    hist = ppo.train(m, PROMPTS, TEXTS, pc, ptx_coef=0.0, seed=0)
+    hist = ppo.train(m, PROMPTS, TEXTS, pc, seed=0)
     first = sum(h["reward"] for h in hist[:3]) / 3
     last = sum(h["reward"] for h in hist[-5:]) / 5
     assert len(hist) == 20 and first < 0.7 and last > first + 0.2, (first, last)
@@ -55,18 +56,18 @@ def test_reward_rises_within_a_few_dozen_updates(tiny_model_dir):
 def test_ptx_term_is_logged_and_kl_is_zero_at_the_start(tiny_model_dir):
     m = models(tiny_model_dir)
     pc = PPOConfig(updates=1, batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6)
-    (h,) = ppo.train(m, PROMPTS, TEXTS, pc, ptx_coef=1.0, seed=0)
+    (h,) = ppo.train(m, PROMPTS, TEXTS, pc.model_copy(update={"ptx_coef": 1.0}), seed=0)
     assert h["ptx_loss"] > 0
     assert h["kl"] == pytest.approx(0.0, abs=1e-4)  # policy == reference before the first step
-    (h0,) = ppo.train(models(tiny_model_dir), PROMPTS, TEXTS, pc, ptx_coef=0.0, seed=0)
+    (h0,) = ppo.train(models(tiny_model_dir), PROMPTS, TEXTS, pc, seed=0)  # ptx_coef 0: plain PPO
     assert "ptx_loss" not in h0
 
 
 def test_killed_run_resumes_to_the_same_parameters(tiny_model_dir, tmp_path):
     pc = PPOConfig(updates=4, batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6, save_every=2,
-                   target_kl=0.01)
+                   target_kl=0.01, ptx_coef=0.5)
     a = models(tiny_model_dir)
-    ppo.train(a, PROMPTS, TEXTS, pc, ptx_coef=0.5, seed=3)
+    ppo.train(a, PROMPTS, TEXTS, pc, seed=3)
 
     class Killed(Exception):
         pass
@@ -77,10 +78,10 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_model_dir, tmp_path):
 
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Killed):
-        ppo.train(models(tiny_model_dir), PROMPTS, TEXTS, pc, ptx_coef=0.5, seed=3, ckpt_dir=ckpt, log=kill_at_3)
+        ppo.train(models(tiny_model_dir), PROMPTS, TEXTS, pc, seed=3, ckpt_dir=ckpt, log=kill_at_3)
     assert [p.name for p in ckpt.iterdir()] == ["update-2"]
     b = models(tiny_model_dir)
-    hist = ppo.train(b, PROMPTS, TEXTS, pc, ptx_coef=0.5, seed=3, ckpt_dir=ckpt)
+    hist = ppo.train(b, PROMPTS, TEXTS, pc, seed=3, ckpt_dir=ckpt)
     assert [h["update"] for h in hist] == [1, 2, 3, 4]
     for (name, pa), pb in zip(a.policy.named_parameters(), b.policy.parameters()):
         assert torch.equal(pa, pb), name
@@ -103,7 +104,7 @@ def test_trimmed_forward_equals_the_full_one(tiny_model_dir):
     m = models(tiny_model_dir)
     torch.manual_seed(0)
     pc = PPOConfig(max_new_tokens=6, temperature=1.0)
-    ids, _ = ppo.encode_prompts(m.tokenizer, PROMPTS[:4] + ["A much longer prompt " * 3], "", 64)
+    ids, _ = encode.encode_prompts(m.tokenizer, PROMPTS[:4] + ["A much longer prompt " * 3], "", 64)
     ro = ppo.rollout(m.policy, m.tokenizer, PROMPTS[:4] + ["x"], ids, pc, lambda: torch.autocast("cpu", enabled=False))
     resp = ro.input_ids[:, ro.prompt_len:]
     with torch.no_grad():
@@ -134,7 +135,7 @@ def test_rollout_logprobs_equal_a_forward_of_the_tempered_policy(tiny_model_dir,
     m = models(tiny_model_dir)
     torch.manual_seed(1)
     pc = PPOConfig(max_new_tokens=8, temperature=temperature)
-    ids, _ = ppo.encode_prompts(m.tokenizer, PROMPTS[:3] + ["A much longer prompt " * 3], "", 64)
+    ids, _ = encode.encode_prompts(m.tokenizer, PROMPTS[:3] + ["A much longer prompt " * 3], "", 64)
     ro = ppo.rollout(m.policy, m.tokenizer, PROMPTS[:4], ids, pc, lambda: torch.autocast("cpu", enabled=False))
     resp = ro.input_ids[:, ro.prompt_len:]
     assert ro.logprobs.shape == resp.shape

@@ -7,24 +7,7 @@ import math
 import pytest
 import torch
 
-from components.ppo_losses import (
-    AdaptiveKLController,
-    FixedKLController,
-    entropy_from_logits,
-    explained_variance,
-    gae,
-    kl_controller,
-    kl_estimate,
-    logprobs_from_logits,
-    masked_mean,
-    masked_var,
-    masked_whiten,
-    policy_loss,
-    ppo_ptx_objective,
-    ptx_loss,
-    shaped_rewards,
-    value_loss,
-)
+from components.maths.ppo_losses import AdaptiveKLController, FixedKLController, entropy_from_logits, explained_variance, gae, kl_controller, kl_estimate, logprobs_from_logits, masked_mean, masked_var, masked_whiten, policy_loss, ppo_ptx_objective, ptx_loss, shaped_rewards, value_loss
 
 torch.set_num_threads(2)
 NAN, INF = float("nan"), float("inf")

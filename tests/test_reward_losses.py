@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from components.reward_losses import UTILITIES, kwise_loss, pairwise_accuracy, utility
+from components.maths.reward_losses import UTILITIES, kwise_loss, pairwise_accuracy, utility
 
 torch.set_num_threads(2)
 

@@ -1,6 +1,6 @@
 """rl.algorithm = rloo | grpo: the `ppo` stage trains with TRL's RLOOTrainer / GRPOTrainer against our
 reward model. Upstream outputs (base_model, sft, reward) are built once, in temporary folders, on the
-test profile; each algorithm then runs the real stage entry point (`python -m components.ppo ppo`)."""
+test profile; each algorithm then runs the real stage entry point (`python -m components.stages.ppo ppo`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.config import ConfigError, load_config
+from components.core.errors import ConfigError
+from components.core.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ def test_unknown_algorithm_is_refused_naming_the_key():
 
 
 def test_num_generations_must_divide_the_batch(tmp_path):
-    from components.rl_trl import trl_config
+    from components.core.trl_rl import trl_config
 
     cfg = load_config(overrides=["rl.algorithm=grpo", "rl.num_generations=3", "ppo.batch_size=8"])
     with pytest.raises(ConfigError, match=r"rl\.num_generations=3 must divide ppo\.batch_size=8"):
@@ -39,9 +40,11 @@ def test_num_generations_must_divide_the_batch(tmp_path):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """data, base_model, sft and reward of the test profile in temporary folders; MLflow store there too."""
-    from components import base_model, reward, sft
-    from components.cli import synth_data
-    from components.tracking import stage_main
+    from components.stages import base_model
+    from components.stages import reward
+    from components.stages import sft
+    from components.datasets.synth import write_builtin
+    from components.core.stage import stage_main
 
     tmp = tmp_path_factory.mktemp("rl_trl")
     overrides = ["common.profile=test", f"common.data_dir={tmp / 'data'}", f"common.outputs_dir={tmp / 'outputs'}",
@@ -50,19 +53,20 @@ def project(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v) if v else mp.delenv(k, raising=False)
-        synth_data(load_config(overrides=overrides), tmp / "data")
+        write_builtin(load_config(overrides=overrides), tmp / "data")
         for stage, module in (("base_model", base_model), ("sft", sft), ("reward", reward)):
             assert stage_main(stage, module.run, overrides) == 0, stage
     return tmp, overrides
 
 
+@pytest.mark.slow
 def test_reward_func_gives_the_scorers_reward_in_trls_formats(project):
-    from components.reward import RewardScorer
-    from components.rl_trl import RewardFunc
+    from components.core.scoring import RewardScorer
+    from components.core.trl_rl import RewardFunc
 
     tmp, overrides = project
     cfg = load_config(overrides=overrides)
-    scorer = RewardScorer(cfg.out_dir("reward"), "", cfg.reward.max_length, cfg.reward.eval_batch_size)
+    scorer = RewardScorer(cfg.out_dir("reward"), "")
     eos = scorer.tokenizer.eos_token_id
     prompts, answers = ["What is 2 + 3?", "Name a colour."], ["5", "Blue, like the sky."]
     want = scorer.score(prompts, answers)
@@ -79,6 +83,7 @@ def test_reward_func_gives_the_scorers_reward_in_trls_formats(project):
     assert logged == pytest.approx({"score": want.mean().item(), "gold_reward": 1.0})  # PPO's `reward`, the gold one
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
 def test_ppo_stage_trains_with_trl(project, algorithm):
     from mlflow import MlflowClient
@@ -87,7 +92,7 @@ def test_ppo_stage_trains_with_trl(project, algorithm):
     tmp, overrides = project
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
     env.pop("RLHF_PARENT_RUN_ID", None)
-    p = subprocess.run([sys.executable, "-m", "components.ppo", "ppo", *overrides, f"rl.algorithm={algorithm}"],
+    p = subprocess.run([sys.executable, "-m", "components.stages.ppo", "ppo", *overrides, f"rl.algorithm={algorithm}"],
                        cwd=ROOT, env=env, text=True, capture_output=True, timeout=600)
     assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     metrics = json.loads((tmp / "metrics" / "ppo.json").read_text())

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import procs
-from components.config import ROOT
+from components.core import procs
+from components.core.config import ROOT
 
 FLOW_NAME, DEPLOYMENT = "schedule-test", "every-minute"
 
@@ -93,6 +93,7 @@ def served(tmp_path_factory):
         procs.stop(proc)
 
 
+@pytest.mark.slow
 def test_served_deployment_gets_scheduled_runs(served):
     import datetime
 
@@ -128,6 +129,7 @@ def test_a_scheduled_run_completes(served):
     print(f"first scheduled run completed after {seconds:.0f} s of waiting")
 
 
+@pytest.mark.slow
 def test_stopping_the_served_flow_stops_its_server(served):
     import psutil
 
@@ -145,6 +147,7 @@ def test_stopping_the_served_flow_stops_its_server(served):
     # scheduled run is executing ends the runner without it, and the checks above are what matter.)
 
 
+@pytest.mark.slow
 def test_rlhf_schedule_serves_the_pipeline(tmp_path):
     """The real command: a deployment of flows/rlhf.py:rlhf_pipeline with the cron, then a clean stop.
     The cron (Feb 29, 03:00) keeps the real pipeline from running during the test."""
@@ -153,7 +156,7 @@ def test_rlhf_schedule_serves_the_pipeline(tmp_path):
     env = procs.child_env({"PREFECT_HOME": str(tmp_path / "prefect-home")})
     for k in ("PREFECT_API_URL", "PREFECT_PROFILES_PATH", "PREFECT_PROFILE"):
         env.pop(k, None)
-    proc = procs.start([sys.executable, "-m", "components.cli", "schedule", "--cron", "0 3 29 2 *", "--name", "cli-test",
+    proc = procs.start([sys.executable, "-m", "components.apps.cli", "schedule", "--cron", "0 3 29 2 *", "--name", "cli-test",
                         "--server-port", str(port)], env=env, log=log, cwd=tmp_path)
     served = Served(proc, f"http://127.0.0.1:{port}/api", port, tmp_path / "unused", log)
     try:
@@ -172,7 +175,7 @@ def test_rlhf_schedule_serves_the_pipeline(tmp_path):
 
 
 def test_bad_cron_is_refused_before_any_server_starts(capsys):
-    from components.cli import main
+    from components.apps.cli import main
 
     assert main(["schedule", "--cron", "61 * * * *", "--server-port", str(procs.free_port())]) == 2
     assert "invalid schedule" in capsys.readouterr().err

@@ -12,8 +12,10 @@ import urllib.request
 
 import pytest
 
-from components import procs, tracking
-from components.config import ROOT, load_config
+from components.core import procs
+from components.core import tracking
+from components.core.config import ROOT, load_config
+from components.core import registry
 
 MESSAGES = [{"role": "user", "content": "What is 17 + 25?"}]
 
@@ -24,7 +26,7 @@ def champion(tiny_model_dir, isolated_mlflow, tmp_path):
     cfg = load_config(overrides=["common.profile=test", f"common.outputs_dir={tmp_path / 'outputs'}",
                                  "common.experiment=test-serve"])
     with tracking.stage_run(cfg, "ppo"):
-        version = tracking.register_model(tiny_model_dir, "policy", cfg, "ppo", description="tiny", aliases=("champion",))
+        version = registry.register_model(tiny_model_dir, cfg, "ppo", name="policy", description="tiny", aliases=("champion",))
     return version
 
 
@@ -50,6 +52,7 @@ def _kill(pid: int) -> None:
         psutil.Process(pid).kill()
 
 
+@pytest.mark.slow
 def test_policy_is_registered_as_a_chat_model(champion):
     import mlflow
 
@@ -59,6 +62,7 @@ def test_policy_is_registered_as_a_chat_model(champion):
     assert "messages" in info.signature.inputs.input_names()
 
 
+@pytest.mark.slow
 def test_rlhf_serve_answers_a_chat_request(champion, tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
@@ -66,7 +70,7 @@ def test_rlhf_serve_answers_a_chat_request(champion, tiny_model_dir, tmp_path):
     log = tmp_path / "serve.log"
     t0 = time.monotonic()
     # `rlhf serve` with its defaults (models:/policy@champion on 127.0.0.1), the store from the env.
-    proc = procs.start([sys.executable, "-m", "components.cli", "serve", "--port", str(port)],
+    proc = procs.start([sys.executable, "-m", "components.apps.cli", "serve", "--port", str(port)],
                        env=procs.child_env(), log=log, cwd=ROOT)
     pids = set()
     try:
@@ -116,18 +120,18 @@ def test_rlhf_serve_answers_a_chat_request(champion, tiny_model_dir, tmp_path):
 
 
 def test_rlhf_serve_refuses_an_unknown_model(isolated_mlflow, capsys):
-    from components.cli import main
+    from components.apps.cli import main
 
     port = procs.free_port()
-    assert main(["serve", "--model", "models:/no-such-model@champion", "--port", str(port)]) == 1
+    assert main(["serve", "--model", "models:/no-such-model@champion", "--port", str(port)]) == 3  # bad input
     err = capsys.readouterr().err
     assert "models:/no-such-model@champion" in err and "not in the registry" in err
     assert not procs.port_in_use(port)
 
 
 def test_serve_command_binds_localhost_by_default():
-    from components.cli import build_parser
-    from components.serve import serve_command
+    from components.apps.cli import build_parser
+    from components.apps.serve import serve_command
 
     args = build_parser().parse_args(["serve"])
     assert (args.model, args.host, args.port) == ("models:/policy@champion", "127.0.0.1", 5001)

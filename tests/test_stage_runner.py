@@ -47,12 +47,13 @@ def run(project: Path, cmd: str, **env) -> tuple[int, list[str]]:
 
 
 def test_python_module_commands_are_recognised_others_go_to_a_shell():
-    assert stage_runner.python_module("python -m components.ppo ppo_ptx") == ("components.ppo", ["ppo_ptx"])
-    assert stage_runner.python_module("python -m components.sft") == ("components.sft", [])
+    assert stage_runner.python_module("python -m components.stages.ppo ppo_ptx") == ("components.stages.ppo", ["ppo_ptx"])
+    assert stage_runner.python_module("python -m components.stages.sft") == ("components.stages.sft", [])
     assert stage_runner.python_module("python script.py") is None
     assert stage_runner.python_module("dvc repro && python -m x") is None
 
 
+@pytest.mark.slow
 def test_forked_stage_sees_args_cwd_env_and_streams_every_line(project):
     code, lines = run(project, "python -m srmod ok", STAGE_RUNNER_TEST="hello")
     assert code == 0
@@ -60,6 +61,7 @@ def test_forked_stage_sees_args_cwd_env_and_streams_every_line(project):
     assert lines[3:] == ["bar:  50%|#    | 1/2", "bar: 100%|##| 2/2"]  # "\r" ends a line, as tqdm redraws
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, expected", [("exit3", 3), ("raise", 1), ("kill", -9)])
 def test_exit_codes_match_python_dash_m(project, mode, expected):
     code, lines = run(project, f"python -m srmod {mode}")
@@ -69,11 +71,13 @@ def test_exit_codes_match_python_dash_m(project, mode, expected):
         assert any("ValueError: boom in the stage" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_other_commands_are_refused_not_given_to_a_shell(project):
     with pytest.raises(ValueError, match=r"'echo one && rm -rf x'.*python -m"):
         run(project, "echo one && rm -rf x")
 
 
+@pytest.mark.slow
 def test_reproduce_writes_the_lock_like_dvc_repro_then_skips_and_keeps_the_lock_on_failure(project):
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     for cmd in (["git", "init", "-q"], [DVC, "init", "-q"]):

@@ -1,4 +1,4 @@
-"""The built-in data set and the simulated labeler (components/synth.py)."""
+"""The built-in data set and the simulated labeler (components/datasets/synth.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from random import Random
 
 import pytest
 
-from components import synth
-from components.data import FILES, read_jsonl
+from components.datasets import synth
+from components.core.data import FILES, read_jsonl
 
 SIZES = dict(n_demonstrations=60, n_comparisons=60, n_prompts=30, n_pretrain=20, k_min=4, k_max=9,
              label_noise=0.05, tie_margin=0.02, n_users=20)
@@ -87,7 +87,7 @@ def test_data_set_shape_and_held_out_rl_prompts(tmp_path):
 
 
 def test_built_in_data_passes_the_validation_gate(tmp_path):
-    from components import validate_rules as vr
+    from components.datasets import rules as vr
 
     _write(tmp_path)
     report = vr.validate_dir(tmp_path, max_prompt_chars=4000, max_response_chars=4000, max_text_chars=20000,

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from components import tracking
-from components.config import load_config
+from components.core import tracking
+from components.core.config import load_config
+from components.core import registry
 
 
 def test_stage_run_is_nested_tagged_and_registers_with_lineage(isolated_mlflow, tiny_model_dir, monkeypatch):
@@ -19,12 +20,12 @@ def test_stage_run_is_nested_tagged_and_registers_with_lineage(isolated_mlflow, 
     monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent.info.run_id)
     with tracking.stage_run(cfg, "base_model") as run:
         tracking.log_metrics("base_model", {"n_params": 3.0, "bad": float("nan"), "name": "x"})
-        version = tracking.register_model(tiny_model_dir, "test-model", cfg, "base_model", description="tiny", aliases=("candidate",))
+        version = registry.register_model(tiny_model_dir, cfg, "base_model", name="test-model", description="tiny", aliases=("candidate",))
     client = MlflowClient()
     got = client.get_run(run.info.run_id)
     assert got.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert got.data.tags["data_version"] == tracking.data_version()
-    assert got.data.tags["params_hash"] == cfg.section_hash("base_model")
+    assert got.data.tags["params_hash"] == tracking.params_hash_of(cfg, "base_model")
     assert got.data.metrics == {"base_model/n_params": 3.0}  # nan and strings are not logged
     assert got.data.params["base_model.source"] == "smollm2" and "data.n_users" not in got.data.params
     mv = client.get_model_version_by_alias("test-model", "candidate")
@@ -32,6 +33,29 @@ def test_stage_run_is_nested_tagged_and_registers_with_lineage(isolated_mlflow, 
     assert mv.tags["git_commit"] == got.data.tags["git_commit"] and mv.description == "tiny"
     loaded = mlflow.pyfunc.load_model("models:/test-model@candidate")
     assert loaded.metadata.flavors["transformers"]["task"] == "text-generation"
+
+
+def test_stage_runs_log_their_data_as_datasets_and_the_experiment_opens_on_model_training(isolated_mlflow, tmp_path):
+    """The runs table's Dataset column: each data file a stage depends on (dvc.yaml) is a dataset input
+    named after it, with DVC's md5 as digest and its path as source; the experiment is tagged as a
+    model-training one, so the MLflow UI opens on runs rather than on (empty) GenAI traces."""
+    import hashlib
+
+    from mlflow import MlflowClient
+
+    from components.core.data import write_jsonl
+
+    demos = tmp_path / "data" / "demonstrations.jsonl"
+    write_jsonl(demos, [{"id": "d1", "prompt": "Hi?", "response": "Hello."}])
+    cfg = load_config(overrides=["common.experiment=test-datasets", f"common.data_dir={tmp_path / 'data'}"])
+    with tracking.stage_run(cfg, "sft") as run:
+        pass
+    client = MlflowClient()
+    (inp,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert inp.dataset.name == "demonstrations" and inp.dataset.digest == hashlib.md5(demos.read_bytes()).hexdigest()
+    assert str(demos) in inp.dataset.source and [t.value for t in inp.tags if t.key == "mlflow.data.context"] == ["training"]
+    exp = client.get_experiment_by_name("test-datasets")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_failed_stage_run_is_marked_failed(isolated_mlflow):
@@ -49,13 +73,14 @@ def test_write_metrics_is_json(tmp_path):
     assert json.loads((tmp_path / "m" / "x.json").read_text()) == {"a": 0.5, "b": 1}
 
 
+@pytest.mark.slow
 def test_registration_through_a_tracking_server_with_database_and_artifact_store(tiny_model_dir, tmp_path, monkeypatch):
     """Running at scale: `mlflow server` with a database backend and an artifact store behind it
     (proxied artifacts); a stage logs and registers through it, and the version loads back."""
     import mlflow
     from mlflow import MlflowClient
 
-    from components import procs
+    from components.core import procs
 
     port = procs.free_port()
     log = tmp_path / "server.log"
@@ -70,9 +95,9 @@ def test_registration_through_a_tracking_server_with_database_and_artifact_store
         monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
         cfg = load_config(overrides=["common.experiment=test-server"])
         with tracking.stage_run(cfg, "sft"):
-            version = tracking.register_model(tiny_model_dir, "sft", cfg, "sft", aliases=("candidate",))
+            version = registry.register_model(tiny_model_dir, cfg, "sft", name="sft", aliases=("candidate",))
         mv = MlflowClient().get_model_version_by_alias("sft", "candidate")
-        assert mv.version == version.version and mv.tags["params_hash"] == cfg.section_hash("sft")
+        assert mv.version == version.version and mv.tags["params_hash"] == tracking.params_hash_of(cfg, "sft")
         assert list((tmp_path / "artifact-store").rglob("model.safetensors"))  # the weights went to the store
         local = mlflow.artifacts.download_artifacts("models:/sft@candidate", dst_path=str(tmp_path / "dl"))
         assert (Path(local) / "model" / "model.safetensors").exists()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from components import validate_rules as vr
-from components.data import dumps_record, split_of
+from components.datasets import rules as vr
+from components.core.data import dumps_record, split_of
 
 DEMOS, COMPS, PROMPTS, PRETRAIN = "demonstrations.jsonl", "comparisons.jsonl", "prompts.jsonl", "pretrain.jsonl"
 

@@ -1,0 +1,1 @@
+"""What a user runs: the ``rlhf`` command line, the ranking page, model serving."""

@@ -1,0 +1,164 @@
+"""The project's data formats: JSONL files read with errors that name file, line and field.
+
+Four files live in ``data/`` (tracked by ``data.dvc``):
+
+- ``demonstrations.jsonl``: ``{"id", "prompt", "response", "user_id"?, "split"?}``
+- ``comparisons.jsonl``:    ``{"id", "prompt", "responses": [K str], "ranks": [K int],
+  "prompt_type"?: "open"|"closed", "user_id"?, "split"?}``, 2 <= K <= 9, rank 0 = best,
+  equal ranks = a tie, not all equal.
+- ``prompts.jsonl``:        ``{"id", "prompt", "prompt_type"?, "user_id"?, "split"?}`` (RL prompts)
+- ``pretrain.jsonl``:       ``{"id", "text", "split"?}`` (pretraining mix for PPO-ptx)
+
+``split`` ("train" | "eval") is optional: when absent, records are split by ``user_id``
+(InstructGPT's rule: no labeler/user on both sides), and a record without a user is its own user.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from components.core.errors import DataError
+
+FILES = {
+    "demonstrations": "demonstrations.jsonl",
+    "comparisons": "comparisons.jsonl",
+    "prompts": "prompts.jsonl",
+    "pretrain": "pretrain.jsonl",
+}
+K_MIN, K_MAX = 2, 9
+SPLITS = ("train", "eval")
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, record)`` for every non-blank line; 1-based line numbers.
+
+    Plain or gzip-compressed (recognised by its magic bytes, whatever the name). Raises DataError
+    naming the file and line for a missing or unreadable file, broken gzip data, invalid UTF-8,
+    invalid JSON or a line that is not a JSON object.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    try:
+        raw = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot open ({e.strerror})") from None
+    with raw:
+        stream = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == b"\x1f\x8b" else raw
+        lineno = 0
+        while True:
+            try:
+                line = stream.readline()
+            except (OSError, EOFError, zlib.error) as e:
+                raise DataError(f"{path}:{lineno + 1}: broken gzip data ({e})") from None
+            if not line:
+                return
+            lineno += 1
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start})") from None
+            if not text.strip():
+                continue
+            try:
+                rec = json.loads(text.rstrip("\r\n"))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                kind = "list" if isinstance(rec, list) else type(rec).__name__
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {kind}")
+            yield lineno, rec
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a JSONL file (see iter_jsonl for the errors)."""
+    return [rec for _, rec in iter_jsonl(path)]
+
+
+def dumps_record(rec: dict[str, Any]) -> str:
+    """One canonical JSONL line (UTF-8 kept, key order kept, no trailing spaces)."""
+    return json.dumps(rec, ensure_ascii=False, separators=(", ", ": ")) + "\n"
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
+    """Write records atomically (temp file + rename): a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            for rec in records:
+                f.write(dumps_record(rec))
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def user_key(rec: dict[str, Any]) -> str:
+    """The unit of the train/eval split: the user, or the record itself when it has no user."""
+    user = rec.get("user_id")
+    return f"user:{user}" if user not in (None, "") else f"record:{rec['id']}"
+
+
+def split_of(rec: dict[str, Any], eval_fraction: float, seed: int) -> str:
+    """"train" or "eval" for one record: its explicit ``split``, else a seeded hash of its user.
+
+    Hashing (not shuffling) keeps a user's side stable when records are added, so a grown
+    data set never moves an old user from train to eval.
+    """
+    if rec.get("split") in SPLITS:
+        return rec["split"]
+    h = hashlib.sha256(f"{seed}:{user_key(rec)}".encode()).digest()
+    u = int.from_bytes(h[:8], "big") / 2**64
+    return "eval" if u < eval_fraction else "train"
+
+
+def split_records(
+    records: list[dict[str, Any]], eval_fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, eval) by user (see split_of); order inside each side is kept."""
+    train, evals = [], []
+    for rec in records:
+        (evals if split_of(rec, eval_fraction, seed) == "eval" else train).append(rec)
+    return train, evals
+
+
+def take(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The first ``n`` records (0: all), rankings from the labeling page (``labeled_at``) first.
+
+    A sample budget (``reward.max_samples``, ``dpo.max_samples``) must not drop the feedback
+    loop's new labels, which are appended at the end of the file; other records keep file order.
+    """
+    if not n:
+        return list(records)
+    labeled = [r for r in records if "labeled_at" in r]
+    return (labeled + [r for r in records if "labeled_at" not in r])[:n]
+
+
+def next_indices(order: list[int], n_items: int, k: int, rng) -> tuple[list[int], list[int]]:
+    """The next k of ``n_items`` indices from an endless seeded shuffle: (picked, the queue left).
+
+    The queue is refilled with a fresh ``rng`` permutation whenever fewer than k remain (a new
+    epoch), so a run resumed with the same queue and RNG state draws exactly the same batches.
+    """
+    if len(order) < k:
+        more = list(range(n_items))
+        rng.shuffle(more)
+        order = order + more
+    return order[:k], order[k:]

@@ -1,0 +1,200 @@
+"""What the Trainer-based stages (sft, dpo) share: arguments from params, MLflow logging,
+resume from the last checkpoint, and finishing (atomic save, then registration)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+from components.core import faults
+from components.core.config import Config, TrainerSection
+from components.core.distributed import world_size
+from components.core.encode import chat_ids
+from components.core.errors import ConfigError, DataError
+from components.core.models import bf16_supported, save_model_dir
+from components.core.registry import register_model
+from components.core.tracking import log_metrics
+
+
+def total_steps(s: TrainerSection, n_train: int) -> int:
+    return s.total_steps(n_train, s.batch_size * s.grad_accum)
+
+
+def per_device_batch(s: TrainerSection) -> int:
+    """``batch_size`` is the global batch (per optimizer step, before grad_accum): under ``accelerate
+    launch`` each of N processes takes batch_size / N, so N processes train on the same batches as one."""
+    n = world_size()
+    if s.batch_size % n:
+        raise ConfigError(f"batch_size={s.batch_size} (the global batch) does not split over {n} processes: "
+                          f"make it a multiple of {n}")
+    return s.batch_size // n
+
+
+def trainer_kwargs(cfg: Config, s: TrainerSection, out: Path, n_train: int) -> dict:
+    """TrainingArguments keywords from a params section: every setting explicit (TRL's defaults are for GPUs)."""
+    import torch
+
+    batch = per_device_batch(s)
+    return dict(
+        output_dir=str(out), num_train_epochs=s.epochs, max_steps=s.max_steps, learning_rate=s.lr,
+        warmup_steps=math.ceil(s.warmup_ratio * total_steps(s, n_train)), weight_decay=s.weight_decay,
+        per_device_train_batch_size=batch, per_device_eval_batch_size=batch,
+        gradient_accumulation_steps=s.grad_accum, max_length=s.max_length,
+        gradient_checkpointing=s.gradient_checkpointing, bf16=cfg.common.bf16 and bf16_supported(),
+        logging_steps=s.logging_steps, save_strategy="steps", save_steps=s.save_steps,
+        save_total_limit=s.save_total_limit, eval_strategy="no", report_to="none", seed=cfg.common.seed,
+        data_seed=cfg.common.seed, dataloader_num_workers=0, disable_tqdm=False, lr_scheduler_type="linear",
+        use_cpu=not torch.cuda.is_available(),
+        logging_nan_inf_filter=False,  # Trainer's default hides a NaN/inf step loss; nonfinite_callback stops on it
+    )
+
+
+def check_lengths(stage: str, tokenizer, rows: list[dict], max_length: int, source: Path,
+                  ids: list[str] | None = None) -> dict[str, int]:
+    """Sequences longer than ``<stage>.max_length`` tokens, before TRL truncates them silently.
+
+    TRL keeps a sequence's start: a row whose prompt + answer is too long loses the end of its answer
+    (a warning), and a row whose prompt alone fills ``max_length`` has no answer token left and is
+    dropped (a warning naming the rows). When every row would be dropped the stage is refused.
+    ``rows`` are TRL conversational rows (``prompt`` + ``completion``, or ``chosen``/``rejected``).
+    """
+    cut, dropped = [], []
+    for i, row in enumerate(rows):
+        name = str(ids[i]) if ids else f"#{i + 1}"
+        if len(chat_ids(tokenizer, row["prompt"], add_generation_prompt=True)) >= max_length:
+            dropped.append(name)
+        elif any(len(chat_ids(tokenizer, row["prompt"] + row[k])) > max_length
+                 for k in ("completion", "chosen", "rejected") if k in row):
+            cut.append(name)
+    if cut:
+        print(f"[{stage}] warning: {len(cut)} of {len(rows)} training rows of {source} are longer than "
+              f"{stage}.max_length={max_length} tokens: the end of their answer is cut (first: {', '.join(cut[:5])})",
+              flush=True)
+    if dropped and len(dropped) == len(rows):
+        raise DataError(f"{source}: every training prompt fills {stage}.max_length={max_length} tokens, so no answer "
+                        f"token is left to train on (raise {stage}.max_length or shorten the prompts)")
+    if dropped:
+        print(f"[{stage}] warning: {len(dropped)} of {len(rows)} training rows of {source} have a prompt of "
+              f"{stage}.max_length={max_length} tokens or more: no answer token is left, they are dropped "
+              f"(first: {', '.join(dropped[:5])})", flush=True)
+    return {"truncated": len(cut), "dropped": len(dropped)}
+
+
+def mlflow_callback(stage: str):
+    """Trainer callback: each Trainer log line -> MLflow metrics ``<stage>/<name>``."""
+    from transformers import TrainerCallback
+
+    class MlflowStageLogger(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:  # the other ranks of a launch have no MLflow run
+                return
+            log_metrics(stage, {k: v for k, v in (logs or {}).items() if k != "epoch"}, step=state.global_step)
+
+    return MlflowStageLogger()
+
+
+def nonfinite_callback(trainer, ckpt_dir: Path, stage: str):
+    """Trainer callback: a non-finite loss or gradient stops training at once with FloatingPointError,
+    before the optimizer applies it and before that step's checkpoint; checkpoints already written stay."""
+    import torch
+    from transformers import TrainerCallback
+
+    def fail(what: str, step: int, before_update: bool = True):
+        kept = last_checkpoint(ckpt_dir)
+        raise FloatingPointError(f"[{stage}] non-finite {what} at step {step}"
+                                 + ("; the weights were not updated with it" if before_update else "")
+                                 + f"; last good checkpoint: {kept or 'none yet'} (kept in {ckpt_dir})")
+
+    class NonFiniteGuard(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            step = state.global_step + 1
+            loss = getattr(trainer, "_tr_loss", None)  # this step's loss summed since the last log line
+            if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
+                fail(f"training loss ({loss.item()})", step)
+            grads = [p.grad for p in (model if model is not None else trainer.model).parameters() if p.grad is not None]
+            if grads:
+                norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
+                if not bool(torch.isfinite(norm)):
+                    fail(f"gradient norm ({norm.item()})", step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key in ("loss", "grad_norm"):
+                v = (logs or {}).get(key)
+                if isinstance(v, (int, float)) and not math.isfinite(v):
+                    fail(f"{key} ({v}) in the log", state.global_step, before_update=False)
+
+    return NonFiniteGuard()
+
+
+def last_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest complete checkpoint: Trainer writes trainer_state.json last, so a folder without it
+    is one a kill interrupted mid-write (resuming from it would fail; the previous one is used)."""
+    ckpts = sorted((p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+                   key=lambda p: int(p.name.split("-")[-1])) if ckpt_dir.exists() else []
+    return ckpts[-1] if ckpts else None
+
+
+def resume_callback():
+    """Trainer callback for exact resumes: a log line at every checkpoint step, so a checkpoint's
+    log history accounts for every step before it (``whole_run_loss``), and at the last step (so that
+    train_loss is the mean over all processes under ``accelerate launch``); and the fault-injection
+    hook (components/core/faults.py) once a checkpoint is on disk."""
+    from transformers import TrainerCallback
+
+    class ResumeHooks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save:  # set by DefaultFlowCallback, which runs first
+                control.should_log = True
+            if state.global_step >= state.max_steps:  # logged losses are averaged over all processes; the
+                control.should_log = True             # unlogged rest of train_loss would be rank 0's alone
+
+        def on_save(self, args, state, control, **kwargs):
+            faults.checkpoint_written(state.global_step)
+
+    return ResumeHooks()
+
+
+def whole_run_loss(result, log_history: list[dict], resumed_at: int, total_steps: int, stage: str) -> float:
+    """Mean train loss over every step, also for a resumed run (Trainer's own covers the steps since
+    the resume only): the logged losses up to the checkpoint, weighted by their steps, plus the rest."""
+    if not resumed_at:
+        return result.training_loss
+    done, prev = 0.0, 0
+    for h in log_history:
+        if "loss" in h and prev < h["step"] <= resumed_at:
+            done, prev = done + h["loss"] * (h["step"] - prev), h["step"]
+    if prev != resumed_at:
+        print(f"[{stage}] warning: the checkpoint's log history stops at step {prev}, not {resumed_at}; "
+              "train_loss covers the steps since the resume only", flush=True)
+        return result.training_loss
+    return (done + result.training_loss * (total_steps - resumed_at)) / total_steps
+
+
+def train_resuming(trainer, ckpt_dir: Path, stage: str):
+    """trainer.train(), resuming from the newest checkpoint a killed run left; refuses a non-finite loss."""
+    resume = last_checkpoint(ckpt_dir)
+    if resume:
+        print(f"[{stage}] resuming from {resume}", flush=True)
+        # read now: with save_total_limit 1 the next checkpoint deletes this one during train()
+        resumed_at = int(json.loads((resume / "trainer_state.json").read_text())["global_step"])
+    trainer.add_callback(resume_callback())
+    trainer.add_callback(nonfinite_callback(trainer, ckpt_dir, stage))
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if resume:
+        loss = whole_run_loss(result, trainer.state.log_history, resumed_at, trainer.state.global_step, stage)
+        result = result._replace(training_loss=loss, metrics={**result.metrics, "train_loss": loss})
+    if not math.isfinite(result.training_loss):
+        raise FloatingPointError(f"[{stage}] training loss is {result.training_loss}; checkpoints kept in {ckpt_dir}")
+    return result
+
+
+def finish(trainer, tokenizer, cfg: Config, stage: str, description: str, tags: dict[str, str] | None = None) -> int:
+    """Save the model folder atomically, register it (``tags`` added to the version's), then drop the
+    resume checkpoints. Returns the version."""
+    out = cfg.out_dir(stage)
+    save_model_dir(trainer.model, tokenizer, out)
+    version = register_model(out, cfg, stage, description=description, tags=tags)
+    shutil.rmtree(cfg.out_dir("checkpoints") / stage, ignore_errors=True)
+    return int(version.version)

@@ -1,0 +1,297 @@
+"""Stage evaluate — what InstructGPT's section 4 measures, for every model of the run.
+
+For each model (base, sft, dpo, ppo, ppo_ptx by default; any folder or ``models:/`` URI from the CLI):
+
+- **truthfulness**: TruthfulQA MC1 (is the likeliest answer the true one) and MC2 (normalised
+  probability mass on the true answers); the question is encoded once, its choices scored as one
+  batch on its KV cache (``choice_logprobs``);
+- **toxicity**: RealToxicityPrompts protocol — n sampled continuations per prompt, expected
+  maximum toxicity and toxicity probability, without and with a respectful instruction;
+- **public-NLP regressions** (the alignment tax): extractive QA (SQuAD EM/F1), multiple-choice
+  completion (HellaSwag accuracy by log-likelihood), perplexity on held-out pretraining text;
+- **preference**: win rate against the reference (SFT) on held-out prompts by the simulated
+  labeler's gold reward (ties half), the reward model's score, and gold vs proxy (over-optimisation).
+
+Outputs: ``outputs/evaluate/<model>.json``, ``alignment_tax.md``, a bar chart, DVC metrics, and one
+MLflow run per model (nested under the stage run) so the UI compares them.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from components.core.config import Config, EvaluateConfig
+from components.core.data import FILES, read_jsonl, split_records
+from components.core.encode import answer_ids, chat_ids, chat_messages, encode_prompts, pad_batch
+from components.core.env import set_offline_env
+from components.core.errors import ModelError
+from components.core.hf_metrics import load_metric
+from components.core.models import generate, load_model_dir
+from components.core.plots import bar_chart, write_table_csv
+from components.core.registry import evaluation_file, label
+from components.core.scoring import RewardScorer, heldout_nll
+from components.core.stage import stage_main
+from components.core.toxicity import make_scorer
+from components.core.tracking import lineage_tags, log_metrics, write_metrics
+from components.datasets import eval_sets, synth
+from components.maths.metrics import mc_scores
+from components.maths.stats import mean, win_rate
+
+
+# ------------------------------------------------------------------ log-likelihood of choices
+@torch.no_grad()
+def choice_logprobs(model, prefix: list[int], choices: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Sum of log p(choice | prefix) for each choice. The prefix runs once; its KV cache is repeated
+    for the choices, which run as one right-padded batch (positions continue after the prefix)."""
+    dev = next(model.parameters()).device
+    n, p = len(choices), len(prefix)
+    out = model(input_ids=torch.tensor([prefix], device=dev), use_cache=True)
+    first = out.logits[0, -1].float().log_softmax(-1)                         # p(first choice token | prefix)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(n)
+    ids, attn = pad_batch(choices, pad_id)
+    ids, attn = ids.to(dev), attn.to(dev)
+    positions = (p + torch.arange(ids.shape[1], device=dev)).expand(n, -1)
+    full_attn = torch.cat([torch.ones(n, p, dtype=attn.dtype, device=dev), attn], dim=1)
+    logits = model(input_ids=ids, attention_mask=full_attn, position_ids=positions, past_key_values=cache).logits
+    later = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # token t+1 | ..t
+    token_lp = torch.cat([first[ids[:, 0]][:, None], later], dim=1) * attn
+    return token_lp.sum(1).cpu()
+
+
+@torch.no_grad()
+def choice_logprobs_naive(model, prefix: list[int], choices: list[list[int]], pad_id: int) -> torch.Tensor:
+    """The same numbers the plain way: one full forward pass of prefix + choice per choice (benchmark peer)."""
+    dev = next(model.parameters()).device
+    out = []
+    for c in choices:
+        x = torch.tensor([prefix + c], device=dev)
+        lp = model(input_ids=x).logits[0, :-1].float().log_softmax(-1)
+        out.append(lp[len(prefix) - 1:].gather(-1, x[0, len(prefix):, None]).sum())
+    return torch.stack(out).cpu()
+
+
+def truthfulqa(model, tokenizer, items: list[dict], system_prompt: str, scorer=choice_logprobs) -> dict:
+    """MC1 and MC2 (means over questions): the question in the chat template, each answer as the reply."""
+    mc1s, mc2s = [], []
+    for it in tqdm(items, desc="truthfulqa", unit="q"):
+        prefix = chat_ids(tokenizer, chat_messages(it["question"], system_prompt), add_generation_prompt=True)
+        texts = list(dict.fromkeys([t for t, _ in it["mc1"]] + [t for t, _ in it["mc2"]]))  # each choice once
+        lp = scorer(model, prefix, [answer_ids(tokenizer, t) for t in texts], tokenizer.pad_token_id)
+        m1, m2 = mc_scores(it["mc1"], it["mc2"], dict(zip(texts, lp.tolist())))
+        mc1s.append(m1)
+        mc2s.append(m2)
+    return {"truthfulqa_mc1": mean(mc1s), "truthfulqa_mc2": mean(mc2s), "truthfulqa_n": len(items)}
+
+
+def hellaswag(model, tokenizer, items: list[dict]) -> dict:
+    """Accuracy of the ending with the highest per-token log-likelihood (plain text, no chat template)."""
+    picked = []
+    for it in tqdm(items, desc="hellaswag", unit="item"):
+        prefix = tokenizer(it["ctx"], add_special_tokens=False)["input_ids"]
+        endings = [answer_ids(tokenizer, " " + e.strip()) for e in it["endings"]]
+        lp = choice_logprobs(model, prefix, endings, tokenizer.pad_token_id)
+        picked.append(int((lp / torch.tensor([len(e) for e in endings])).argmax()))  # per-token log-likelihood
+    acc = load_metric("mc_accuracy").compute(predictions=picked, references=[it["label"] for it in items])["accuracy"]
+    return {"hellaswag_acc": float(acc), "hellaswag_n": len(items)}
+
+
+# ------------------------------------------------------------------------------- generation
+def squad(model, tokenizer, items: list[dict], ec: EvaluateConfig, system_prompt: str) -> dict:
+    """Extractive QA by greedy generation: EM and F1 (0..1) of the answer against the gold spans."""
+    prompts = [chat_ids(tokenizer, chat_messages(
+        f"Read the passage and answer the question with a short phrase copied from the passage.\n\n"
+        f"Passage: {it['context']}\n\nQuestion: {it['question']}", system_prompt), add_generation_prompt=True)
+        for it in items]
+    answers = generate(model, tokenizer, prompts, ec.squad_max_new_tokens, batch=ec.batch_size, desc="squad")
+    answers = [a.split("\n")[0] for a in answers]
+    scores = load_metric("squad_em_f1").compute(predictions=answers, references=[it["answers"] for it in items])  # percent
+    return {"squad_em": scores["exact_match"] / 100, "squad_f1": scores["f1"] / 100, "squad_n": len(items)}
+
+
+def toxicity(model, tokenizer, prompts: list[str], ec: EvaluateConfig, system_prompt: str, score, seed: int) -> dict:
+    """RealToxicityPrompts protocol, two conditions: the bare sentence start, and the start after the
+    respectful instruction. Continuations only are scored."""
+    out = {}
+    for cond, prefix in (("", ""), ("_respectful", ec.respectful_instruction + "\n")):
+        ids = [chat_ids(tokenizer, chat_messages(prefix + p, system_prompt), add_generation_prompt=True)
+               for p in prompts for _ in range(ec.toxicity_samples)]
+        torch.manual_seed(seed)
+        texts = generate(model, tokenizer, ids, ec.toxicity_max_new_tokens, sample=True, top_p=ec.toxicity_top_p,
+                         batch=ec.batch_size * 2, desc=f"toxicity{cond}")
+        scores = [float(s) for s in score(texts)]
+        n = ec.toxicity_samples
+        summary = load_metric("toxicity_summary").compute(predictions=[scores[i: i + n] for i in range(0, len(scores), n)])
+        out.update({f"{k}{cond}": v for k, v in summary.items()})
+    out["toxicity_n"] = len(prompts)
+    return out
+
+
+def preference(answers: list[str], ref_answers: list[str], prompts: list[str], reward_scorer) -> dict:
+    """Win rate vs the reference by the gold reward (ties half); mean gold and reward-model scores."""
+    gold = [synth.gold_reward(p, a) for p, a in zip(prompts, answers)]
+    ref = [synth.gold_reward(p, a) for p, a in zip(prompts, ref_answers)]
+    out = {"win_rate_vs_ref": win_rate(gold, ref), "gold_reward": mean(gold), "preference_n": len(prompts)}
+    if reward_scorer is not None:
+        proxy = reward_scorer.score(prompts, answers).tolist()
+        out["rm_score"] = mean(proxy)
+        out["gold_minus_rm"] = out["gold_reward"] - out["rm_score"]  # over-optimisation shows as this falling
+    return out
+
+
+# ------------------------------------------------------------------------------- one model
+class Suite:
+    """The evaluation sets and judges, loaded once and shared by every model."""
+
+    def __init__(self, cfg: Config):
+        ec, seed = cfg.evaluate, cfg.common.seed
+
+        def src(value: str, kind: str) -> Path:
+            return eval_sets.BUILTIN[kind] if value == "builtin" else Path(value)
+
+        self.cfg = cfg
+        self.truthfulqa = eval_sets.load_truthfulqa(src(ec.truthfulqa, "truthfulqa"), limit=ec.truthfulqa_limit or None)
+        self.squad = eval_sets.load_squad(src(ec.squad, "squad"), limit=ec.squad_limit or None)
+        self.hellaswag = eval_sets.load_hellaswag(src(ec.hellaswag, "hellaswag"), limit=ec.hellaswag_limit or None)
+        self.toxicity_prompts = eval_sets.load_toxicity_prompts(
+            src(ec.toxicity_prompts, "toxicity"), limit=ec.toxicity_limit or None, words=ec.toxicity_words)
+        self.toxicity_score = make_scorer(ec.toxicity_scorer)
+        data = cfg.data_dir
+        _, eval_p = split_records(read_jsonl(data / FILES["prompts"]), cfg.common.eval_fraction, seed)
+        _, eval_t = split_records(read_jsonl(data / FILES["pretrain"]), cfg.common.eval_fraction, seed)
+        prompts = [r["prompt"] for r in eval_p[: ec.win_rate_prompts]]
+        self.prompts = prompts if all(synth.parse_task(p) is not None for p in prompts) else []  # gold needs synth tasks
+        self.texts = [r["text"] for r in eval_t[: ec.perplexity_texts]]
+        self.ref_answers: list[str] | None = None
+        reward_dir = cfg.out_dir("reward")
+        self.reward_scorer = None
+        if (reward_dir / "config.json").exists():
+            self.reward_scorer = RewardScorer(reward_dir, cfg.common.system_prompt)
+
+    def greedy(self, model, tokenizer) -> list[str]:
+        ids, _ = encode_prompts(tokenizer, self.prompts, self.cfg.common.system_prompt, self.cfg.evaluate.max_prompt_length)
+        return generate(model, tokenizer, ids, self.cfg.evaluate.max_new_tokens, batch=self.cfg.evaluate.batch_size,
+                        desc="answers")
+
+    def reference_answers(self, ref_path: Path) -> list[str]:
+        if self.ref_answers is None:
+            model, tok = load_model_dir(ref_path)
+            self.ref_answers = self.greedy(model, tok)
+        return self.ref_answers
+
+    def run(self, model_path: Path, ref_path: Path) -> dict:
+        """Every metric of one model (a dict of floats)."""
+        cfg, ec = self.cfg, self.cfg.evaluate
+        t0 = time.time()
+        model, tok = load_model_dir(model_path)
+        if torch.cuda.is_available():
+            model.cuda()
+        sp = cfg.common.system_prompt
+        m = {}
+        m.update(truthfulqa(model, tok, self.truthfulqa, sp))
+        m.update(hellaswag(model, tok, self.hellaswag))
+        m.update(squad(model, tok, self.squad, ec, sp))
+        m.update(toxicity(model, tok, self.toxicity_prompts, ec, sp, self.toxicity_score, cfg.common.seed))
+        if self.texts:
+            nll = heldout_nll(model, tok, self.texts, ec.perplexity_max_length)
+            m.update({"heldout_lm_loss": nll, "perplexity": math.exp(nll)})
+        if self.prompts:
+            answers = self.greedy(model, tok)
+            if model_path.resolve() == ref_path.resolve():
+                self.ref_answers = answers  # the reference runs first: its answers are made once
+            ref = self.reference_answers(ref_path)
+            m.update(preference(answers, ref, self.prompts, self.reward_scorer))
+        m["eval_seconds"] = round(time.time() - t0, 1)
+        return m
+
+
+# --------------------------------------------------------------------------------- reports
+# (metric, label, higher is better)
+TABLE = [("win_rate_vs_ref", "win rate vs SFT", True), ("gold_reward", "gold reward", True),
+         ("rm_score", "RM score", True), ("truthfulqa_mc1", "TruthfulQA MC1", True),
+         ("truthfulqa_mc2", "TruthfulQA MC2", True), ("expected_max_toxicity", "exp. max toxicity", False),
+         ("expected_max_toxicity_respectful", "exp. max toxicity (respectful)", False),
+         ("toxicity_probability", "toxicity prob.", False), ("squad_f1", "SQuAD F1", True),
+         ("squad_em", "SQuAD EM", True), ("hellaswag_acc", "HellaSwag acc", True), ("perplexity", "perplexity", False)]
+
+
+def alignment_tax_table(results: dict[str, dict], reference: str) -> str:
+    """Markdown: one row per metric, one column per model, the change vs the reference in brackets."""
+    names = list(results)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    ref = results.get(reference, {})
+    for key, label, higher in TABLE:
+        if not any(key in r for r in results.values()):
+            continue
+        cells = []
+        for n in names:
+            v = results[n].get(key)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                cells.append("–")
+                continue
+            cell = f"{v:.3f}"
+            if n != reference and key in ref:
+                cell += f" ({v - ref[key]:+.3f})"
+            cells.append(cell)
+        lines.append(f"| {label} {'↑' if higher else '↓'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_models(cfg: Config, models: dict[str, Path], ref_path: Path, *, parent_tags: dict | None = None) -> dict[str, dict]:
+    """Evaluate each named model folder; one nested MLflow run per model. Returns {name: metrics}."""
+    import mlflow
+
+    suite = Suite(cfg)
+    results: dict[str, dict] = {}
+    for name, path in models.items():
+        print(f"[evaluate] {name}: {path}", flush=True)
+        tags = {**lineage_tags(cfg, "evaluate"), "evaluated_model": name, "model_path": str(path), **(parent_tags or {})}
+        active = mlflow.active_run()
+        if active is not None:
+            tags["mlflow.parentRunId"] = active.info.run_id
+        with mlflow.start_run(run_name=f"eval-{name}", tags=tags, nested=active is not None):
+            m = suite.run(path, ref_path)
+            log_metrics("eval", m)
+        results[name] = m
+        print(f"[evaluate] {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)), flush=True)
+    return results
+
+
+def run(cfg: Config) -> dict:
+    """The DVC stage: every model of ``evaluate.models``; per-model JSON, the alignment-tax table, the chart."""
+    import mlflow
+
+    set_offline_env()
+    ec = cfg.evaluate
+    models = {label(s): cfg.out_dir(s) for s in ec.models}
+    for name, path in models.items():
+        if not (path / "config.json").exists():
+            raise ModelError(f"evaluate.models: {path} has no model (did stage '{name}' run?)")
+    ref_name = label(ec.reference)
+    # The reference first, so its greedy answers are made once.
+    order = dict(sorted(models.items(), key=lambda kv: kv[0] != ref_name))
+    results = evaluate_models(cfg, order, cfg.out_dir(ec.reference))
+    results = {n: results[n] for n in models}
+    out = cfg.out_dir("evaluate")
+    out.mkdir(parents=True, exist_ok=True)
+    for stage in ec.models:
+        write_metrics(evaluation_file(cfg, stage), results[label(stage)])
+    table = alignment_tax_table(results, ref_name)
+    (out / "alignment_tax.md").write_text(f"# Alignment tax (vs {ref_name})\n\n" + table)
+    png = bar_chart(results, [(k, name) for k, name, _ in TABLE if k != "perplexity"],
+                    cfg.plots_dir("evaluate") / "models.png")
+    write_table_csv(results, [k for k, _, _ in TABLE], cfg.plots_dir("evaluate") / "models.csv")
+    mlflow.log_artifact(str(out / "alignment_tax.md"))
+    mlflow.log_artifact(str(png), artifact_path="plots")
+    print(table, flush=True)
+    return {f"{name}.{k}": v for name, m in results.items() for k, v in m.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(stage_main("evaluate", run))

@@ -1,0 +1,102 @@
+"""Stage promote — the promotion gate: which model becomes ``champion``.
+
+The candidate (``promote.candidate``: the stage whose registered version this run produced) always
+gets alias ``candidate``. It gets ``champion`` only if every check against the reference (SFT)
+holds; otherwise the previous champion stays, and the reasons are written on the candidate's
+model version (tag ``promotion``) and in ``outputs/promote/report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from components.core.config import Config, PromoteConfig
+from components.core.env import set_offline_env
+from components.core.errors import DataError
+from components.core.registry import CANDIDATE, CHAMPION, evaluation_file, registered_name
+from components.core.stage import stage_main
+
+
+def gate(candidate: dict, reference: dict, pc: PromoteConfig) -> list[tuple[str, bool, str]]:
+    """The checks, each (name, passed, explanation). Pure: metrics dicts in, verdicts out.
+
+    A metric missing on either side fails its check (a gate that cannot measure does not pass).
+    """
+    checks = []
+
+    def check(name: str, key: str, ok, describe: str) -> None:
+        c, r = candidate.get(key), reference.get(key)
+        if c is None or r is None or c != c or r != r:  # missing or NaN
+            checks.append((name, False, f"{key} not measured for both models"))
+            return
+        passed = bool(ok(c, r))
+        checks.append((name, passed, describe.format(c=c, r=r)))
+
+    check("win_rate", "win_rate_vs_ref", lambda c, r: c >= pc.min_win_rate,
+          "win rate vs SFT {c:.3f} (needs >= " + f"{pc.min_win_rate})")
+    check("toxicity", "expected_max_toxicity", lambda c, r: c <= r + pc.toxicity_epsilon,
+          "expected max toxicity {c:.3f} vs SFT {r:.3f} (allowed + " + f"{pc.toxicity_epsilon})")
+    check("truthfulqa", "truthfulqa_mc1", lambda c, r: c >= r - pc.truthfulqa_epsilon,
+          "TruthfulQA MC1 {c:.3f} vs SFT {r:.3f} (allowed - " + f"{pc.truthfulqa_epsilon})")
+    for key, label in (("squad_f1", "SQuAD F1"), ("hellaswag_acc", "HellaSwag accuracy")):
+        check(key, key, lambda c, r: c >= r - pc.allowed_tax,
+              label + " {c:.3f} vs SFT {r:.3f} (allowed tax " + f"{pc.allowed_tax})")
+    check("perplexity", "perplexity", lambda c, r: c <= r * pc.allowed_perplexity_ratio,
+          "perplexity {c:.2f} vs SFT {r:.2f} (allowed x" + f"{pc.allowed_perplexity_ratio})")
+    return checks
+
+
+def report_markdown(name: str, version: str, checks, promoted: bool, previous: str | None) -> str:
+    verdict = (f"**{name} v{version} promoted to `champion`**" if promoted else
+               f"**{name} v{version} not promoted**; `champion` stays "
+               + (f"v{previous}" if previous else "unset"))
+    lines = [f"# Promotion gate: {name} v{version}", "", verdict, "", "| check | result | detail |", "|---|---|---|"]
+    lines += [f"| {n} | {'pass' if ok else 'FAIL'} | {why} |" for n, ok, why in checks]
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: Config) -> dict:
+    """Read the evaluation of the candidate and the reference; set aliases; write the report."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    set_offline_env()
+    pc = cfg.promote
+    stage = pc.candidate
+    name = registered_name(stage)
+    cand_file, ref_file = evaluation_file(cfg, stage), evaluation_file(cfg, cfg.evaluate.reference)
+    for f in (cand_file, ref_file):
+        if not f.exists():
+            raise DataError(f"{f}: no evaluation (is '{f.stem}' in evaluate.models, and did evaluate run?)")
+    stage_metrics = cfg.metrics_file(stage)
+    version = json.loads(stage_metrics.read_text()).get("model_version") if stage_metrics.exists() else None
+    if version is None:
+        raise DataError(f"{stage_metrics}: no model_version (did stage '{stage}' register its model?)")
+    version = str(version)
+
+    checks = gate(json.loads(cand_file.read_text()), json.loads(ref_file.read_text()), pc)
+    promoted = all(ok for _, ok, _ in checks)
+    client = MlflowClient()
+    try:
+        previous = str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except mlflow.exceptions.MlflowException:
+        previous = None
+    client.set_registered_model_alias(name, CANDIDATE, version)
+    failed = [why for _, ok, why in checks if not ok]
+    client.set_model_version_tag(name, version, "promotion", CHAMPION if promoted else "rejected: " + "; ".join(failed))
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    report = report_markdown(name, version, checks, promoted, previous)
+    out = cfg.out_dir("promote")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(report)
+    mlflow.log_artifact(str(out / "report.md"))
+    print(report, flush=True)
+    champion = version if promoted else previous
+    return {"candidate": f"{name}/{version}", "promoted": promoted, "champion": f"{name}/{champion}" if champion else "none",
+            "checks_passed": sum(ok for _, ok, _ in checks), "checks": len(checks)}
+
+
+if __name__ == "__main__":
+    sys.exit(stage_main("promote", run))
