@@ -28,11 +28,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from components.core.data import FILES, K_MAX, K_MIN, SPLITS, split_of
+from components.core.data import CONTROL_CHARS, FILES, K_MAX, K_MIN, SPLITS, split_of
 
 PROMPT_TYPES = ("open", "closed")
-# Control characters refused in text: C0 (except \t = 0x09 and \n = 0x0a), DEL and C1.
-CONTROL_CHARS = r"[\x00-\x08\x0b-\x1f\x7f-\x9f]"
 
 # Field -> JSON type name (see _json_type) per file; optional fields may be absent.
 SCHEMAS: dict[str, dict[str, dict[str, str]]] = {
@@ -352,8 +350,10 @@ def validate_dir(
     max_text_chars: int = 20000,
     eval_fraction: float = 0.1,
     seed: int = 0,
+    only: tuple[str, ...] | None = None,
 ) -> dict:
-    """Check the four data files of ``data_dir``; never raises for bad data, only reports it.
+    """Check the four data files of ``data_dir`` (``only``: just these file names); never raises for
+    bad data, only reports it.
 
     Length limits are in characters (Python ``len`` of the str). ``eval_fraction`` and ``seed`` are
     those of the training stages (``data.split_of``): they decide which side an unsplit user's
@@ -377,7 +377,7 @@ def validate_dir(
     # 1. Lines -> JSON objects (line-level failures, missing and empty files).
     parsed: dict[str, list[tuple[int, dict]]] = {}
     nonblank: dict[str, int] = {}
-    for name in FILES.values():
+    for name in only or FILES.values():
         path = data_dir / name
         if not path.is_file():
             files[name] = {"records": 0, "success": False, "expectations": [
