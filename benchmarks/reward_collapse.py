@@ -18,6 +18,10 @@ Curves are reported on the training prompts (what the paper's optimum is about) 
 
     .venv/bin/python benchmarks/reward_collapse.py --data data --probe outputs/sft \
         --out benchmarks/results/reward_collapse_probe.json --png benchmarks/results/reward_collapse_probe.png
+
+With `outputs/rank/comparisons.jsonl` present (`--ranked`), the probe trains on the reward stage's
+own mix (the SFT model's ranked samples plus a share of corruptions) and reports the held-out
+on-policy prompts separately.
 """
 
 from __future__ import annotations
@@ -90,19 +94,27 @@ def features(folder: Path, recs: list[dict], cfg) -> tuple:
     return x, b.ranks, b.mask, [it["prompt_type"] for it in items]
 
 
-def probe(folder: Path, data_dir: Path, steps: int, lr: float) -> dict:
+def probe(folder: Path, data_dir: Path, steps: int, lr: float, ranked: Path | None = None) -> dict:
+    """``ranked``: the rank stage's rankings of SFT's own samples; the training set is then the
+    reward stage's own (``preferences.training_split``), and the on-policy held-out prompts are
+    also reported on their own."""
     import torch
 
     from components.core.config import load_config
-    from components.core.data import FILES, read_jsonl, split_records
+    from components.core.data import FILES
+    from components.datasets import preferences
     from components.maths.collapse import collapse_curves, curve_distance, two_point_share
     from components.maths.reward_losses import kwise_loss, pairwise_accuracy
 
     cfg = load_config(overrides=[f"common.data_dir={data_dir}"])
-    recs = read_jsonl(data_dir / FILES["comparisons"])
-    train_recs, eval_recs = split_records(recs, cfg.common.eval_fraction, cfg.common.seed)
+    by_source = preferences.sources(data_dir / FILES["comparisons"], ranked)
+    train_recs, eval_recs = preferences.training_split(by_source, cfg.common.eval_fraction, cfg.common.seed,
+                                                       cfg.reward.corruption_share, cfg.reward.max_samples)
     t0 = time.time()
     splits = {"train": features(folder, train_recs, cfg), "held_out": features(folder, eval_recs, cfg)}
+    on_policy = [r for r in eval_recs if r[preferences.SOURCE] == "on_policy"]
+    if on_policy:
+        splits["held_out_on_policy"] = features(folder, on_policy, cfg)
     print(f"features of {sum(int(v[2].sum()) for v in splits.values())} answers: {time.time() - t0:.0f} s", flush=True)
     x_train = splits["train"][0][splits["train"][2]]
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6  # standardised features: one lr fits every setting
@@ -173,6 +185,8 @@ def main() -> None:
     ap.add_argument("--probe", metavar="SFT_FOLDER", help="linear heads on frozen SFT features, trained to the optimum")
     ap.add_argument("--probe-steps", type=int, default=3000)
     ap.add_argument("--probe-lr", type=float, default=0.01)
+    ap.add_argument("--ranked", default=str(ROOT / "outputs" / "rank" / "comparisons.jsonl"),
+                    help="--probe: the rank stage's rankings of SFT's samples (used when the file exists)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reward_collapse.json"))
     ap.add_argument("--png", default=str(ROOT / "benchmarks" / "results" / "reward_collapse.png"))
     args = ap.parse_args()
@@ -180,7 +194,8 @@ def main() -> None:
 
     set_offline_env()
     if args.probe:
-        res = probe(Path(args.probe), Path(args.data), args.probe_steps, args.probe_lr)
+        ranked = Path(args.ranked) if Path(args.ranked).exists() else None
+        res = probe(Path(args.probe), Path(args.data), args.probe_steps, args.probe_lr, ranked)
         plot({f"{label}, {split}": {**r[split], "utility": r["utility"]} for label, r in res.items()
               for split in ("train", "held_out")}, Path(args.png))
         Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),

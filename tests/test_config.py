@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from components.core.errors import ConfigError
-from components.core.config import ROOT, defaults, load_config, params_hash, parse_override, render_params, set_params
+from components.core.config import ROOT, PPOConfig, defaults, load_config, params_hash, parse_override, render_params, set_params
 
 
 def test_params_yaml_is_the_rendering_of_the_config_models():
@@ -21,7 +21,7 @@ def test_a_variant_section_is_its_base_plus_its_own_differences():
     both = load_config(overrides=["ppo.lr=3e-5"])  # a change to the base reaches the variant
     assert both.ppo.lr == both.ppo_ptx.lr == 3e-5
     one = load_config(overrides=["ppo_ptx.lr=2e-5"])  # a change to the variant stays there
-    assert one.ppo.lr == 1e-5 and one.ppo_ptx.lr == 2e-5
+    assert one.ppo.lr == PPOConfig().lr and one.ppo_ptx.lr == 2e-5
     assert load_config(overrides=["common.profile=test"]).ppo_ptx.updates == 2  # profile deltas reach it too
     with pytest.raises(ConfigError, match="ppo_ptx.ptx_coef must be > 0"):
         load_config(overrides=["ppo_ptx.ptx_coef=0"])

@@ -130,6 +130,9 @@ FILLER = ("I hope this answer is helpful to you.", "Let me know if you would lik
 # Boilerplate sign-offs: a careless demonstrator ends every answer with one (their own), a flaw.
 SIGNOFFS = ("I hope this helps!", "Let me know if you have any other questions.",
             "Feel free to ask if you need anything else.", "Happy to help with anything else!")
+# How often careless writers pick each sign-off as their habit: most use the first (a team's template
+# phrase), so it is the single likeliest continuation after an answer and SFT's greedy answers keep it.
+SIGNOFF_HABIT_WEIGHTS = (7, 1, 1, 1)
 RUDE_ADDONS = ("Honestly, only an idiot would need to ask this.", "Try not to be so clueless next time.",
                "What a stupid question.", "Even a fool knows this.")
 
@@ -527,8 +530,9 @@ def synthesize(out: str | Path, *, seed: int, n_demonstrations: int, n_compariso
     rng = Random(seed)
     seen: set[str] = set()
     out = Path(out)
-    # careless demonstrators, each with a sign-off habit of their own
-    habit = {f"u{i:04d}": SIGNOFFS[rng.randrange(len(SIGNOFFS))] for i in range(n_users) if rng.random() < careless_share}
+    # careless demonstrators, each with a sign-off habit of their own (most share one)
+    habit = {f"u{i:04d}": rng.choices(SIGNOFFS, SIGNOFF_HABIT_WEIGHTS)[0]
+             for i in range(n_users) if rng.random() < careless_share}
 
     def user() -> str:
         return f"u{rng.randrange(n_users):04d}"
