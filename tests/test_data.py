@@ -20,6 +20,27 @@ def test_jsonl_errors_name_file_and_line(tmp_path):
         read_jsonl(tmp_path / "missing.jsonl")
 
 
+def test_jsonl_refuses_a_byte_order_mark_and_lone_surrogates_naming_line_and_field(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"id": "a"}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:1: starts with a byte-order mark \(U\+FEFF\): save the file as UTF-8 "
+                                        r"without BOM"):
+        read_jsonl(p)
+    p.write_bytes(b'{"id": "a"}\n{"id": "b", "prompt": "ok\\ud800"}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:2: field 'prompt' holds a lone surrogate U\+D800 at position 2"):
+        read_jsonl(p)
+    p.write_bytes(b'{"id": "a", "responses": ["x", "\\udc00y"]}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:1: field 'responses\[1\]' holds a lone surrogate U\+DC00 at position 0"):
+        read_jsonl(p)
+    p.write_bytes(b'{"id": "a", "meta": {"\\ud800": 1}}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:1: the key 'meta.\\ud800' holds a lone surrogate"):
+        read_jsonl(p)
+    # a surrogate pair is one character; a BOM inside a value and non-characters are text to the reader (the
+    # data gate refuses them)
+    p.write_bytes(b'{"id": "a", "text": "\\ud83d\\ude00 \\ufeff \\uffff"}\n')
+    assert read_jsonl(p) == [{"id": "a", "text": "\U0001f600 \ufeff \uffff"}]
+
+
 def test_write_is_atomic_and_round_trips(tmp_path):
     p = tmp_path / "d" / "x.jsonl"
     recs = [{"id": "1", "text": "héllo\nworld"}, {"id": "2", "text": "b"}]

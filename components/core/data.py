@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -41,8 +42,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for every non-blank line; 1-based line numbers.
 
     Plain or gzip-compressed (recognised by its magic bytes, whatever the name). Raises DataError
-    naming the file and line for a missing or unreadable file, broken gzip data, invalid UTF-8,
-    invalid JSON or a line that is not a JSON object.
+    naming the file and line for a missing or unreadable file, broken gzip data, invalid UTF-8, a
+    byte-order mark, invalid JSON, a line that is not a JSON object, or a lone surrogate (a
+    ``\\ud800`` escape) in a key or a value (naming the field).
     """
     path = Path(path)
     if not path.exists():
@@ -70,6 +72,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start})") from None
             if not text.strip():
                 continue
+            if text.startswith(BOM):
+                raise DataError(f"{path}:{lineno}: {BOM_MESSAGE}")
             try:
                 rec = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as e:
@@ -77,7 +81,46 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not isinstance(rec, dict):
                 kind = "list" if isinstance(rec, list) else type(rec).__name__
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {kind}")
+            if (bad := lone_surrogate(rec)) is not None:
+                raise DataError(f"{path}:{lineno}: {bad}")
             yield lineno, rec
+
+
+BOM = "\ufeff"
+BOM_MESSAGE = "starts with a byte-order mark (U+FEFF): save the file as UTF-8 without BOM"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(rec: dict[str, Any]) -> str | None:
+    """Where a decoded JSON record holds a lone surrogate, as a sentence; None when it holds none.
+
+    JSON's ``\\ud800`` escape decodes to half of a UTF-16 pair, which is not a character: it cannot
+    be written back as UTF-8 nor tokenised, so a record holding one (in a key or a value) is refused.
+    """
+    for where, text in _strings(rec):
+        if m := _SURROGATE.search(text):
+            return (f"{where} holds a lone surrogate U+{ord(m.group()):04X} at position {m.start()} "
+                    f"(a \\u{ord(m.group()):04x} JSON escape without the other half of its pair): not text")
+    return None
+
+
+def _strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(where, string) for every key and string value inside a JSON value, depth first."""
+    if isinstance(value, str):
+        yield f"field '{path}'", value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else k
+            yield f"the key '{_escaped(sub)}'", k
+            yield from _strings(v, sub)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]")
+
+
+def _escaped(text: str) -> str:
+    """``text`` with each lone surrogate written as ``\\uXXXX``, so that it can be printed."""
+    return _SURROGATE.sub(lambda m: "\\u%04x" % ord(m.group()), text)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from components.core import faults
 from components.core.config import Config, TrainerSection
 from components.core.distributed import world_size
-from components.core.encode import chat_ids
+from components.core.encode import chat_ids, control_pattern, control_tokens
 from components.core.errors import ConfigError, DataError
 from components.core.models import bf16_supported, save_model_dir
 from components.core.registry import register_model
@@ -59,7 +59,9 @@ def check_lengths(stage: str, tokenizer, rows: list[dict], max_length: int, sour
     (a warning), and a row whose prompt alone fills ``max_length`` has no answer token left and is
     dropped (a warning naming the rows). When every row would be dropped the stage is refused.
     ``rows`` are TRL conversational rows (``prompt`` + ``completion``, or ``chosen``/``rejected``).
+    Rows whose text holds a control token are refused first (``check_control_tokens``).
     """
+    check_control_tokens(stage, tokenizer, rows, source, ids)
     cut, dropped = [], []
     for i, row in enumerate(rows):
         name = str(ids[i]) if ids else f"#{i + 1}"
@@ -80,6 +82,35 @@ def check_lengths(stage: str, tokenizer, rows: list[dict], max_length: int, sour
               f"{stage}.max_length={max_length} tokens or more: no answer token is left, they are dropped "
               f"(first: {', '.join(dropped[:5])})", flush=True)
     return {"truncated": len(cut), "dropped": len(dropped)}
+
+
+# Which data field a TRL row's messages come from (the system message is common.system_prompt).
+ROW_FIELDS = {"completion": "response", "chosen": "responses (chosen)", "rejected": "responses (rejected)"}
+
+
+def check_control_tokens(stage: str, tokenizer, rows: list[dict], source: Path, ids: list[str] | None = None) -> None:
+    """Refuse rows whose text holds a control token of ``tokenizer`` (DataError naming the file, row, field and token).
+
+    TRL's trainers tokenise the rows themselves, with the chat template: text holding ``<|im_start|>``
+    would become that token, so a demonstration could write its own system turn. The data gate refuses
+    such text (rule ``no_control_tokens``); this is the same rule where the gate was bypassed (a stage run
+    alone on other data). The ids the project builds itself never hold one (``core/encode.py``).
+    """
+    pattern = control_pattern(control_tokens(tokenizer))
+    bad = []
+    for i, row in enumerate(rows):
+        for key in ("prompt", "completion", "chosen", "rejected"):
+            for msg in row.get(key) or []:
+                m = pattern.search(msg.get("content") or "")
+                if m:
+                    field = "common.system_prompt" if msg.get("role") == "system" else ROW_FIELDS.get(key, key)
+                    bad.append((str(ids[i]) if ids else f"row {i + 1}", field, m))
+    if bad:
+        name, field, m = bad[0]
+        more = f" ({len(bad)} texts hold one)" if len(bad) > 1 else ""
+        raise DataError(f"{source} [{name}] {field}: holds the control token {m.group()!r} at position {m.start()}, "
+                        f"which the chat template would encode as that token (only the template may write it){more}; "
+                        "`rlhf validate` lists every such record (rule no_control_tokens)")
 
 
 def mlflow_callback(stage: str):

@@ -10,8 +10,14 @@ GX result. ``result_format="COMPLETE"`` (asked only for the expectations that fa
 ``BOOLEAN_ONLY`` pass) gives the row index of every failing row, mapped back to the file's 1-based
 line number, the record id and the field.
 
-Lines that are not valid UTF-8, not JSON or not a JSON object are reported before GX (by line
-number) and left out of the frame; the other lines are still checked.
+Lines that are not valid UTF-8, start with a byte-order mark, are not JSON or not a JSON object, or
+hold a lone surrogate (a ``\\ud800`` escape: not text) are reported before GX (by line number) and left
+out of the frame; the other lines are still checked.
+
+Text fields must hold no control characters, no Unicode non-characters (U+FDD0..U+FDEF, U+xFFFE,
+U+xFFFF) or byte-order marks, and no control token of the tokenizer (``<|im_start|>`` ...: only the
+chat template may write those; ``control_tokens_for`` says which tokens, ``components/core/encode.py``
+why).
 
 Every "derived" column is None (= not applicable, skipped by GX) when an earlier rule already
 failed for that field (e.g. a wrong type), so one problem gives one failure.
@@ -25,14 +31,20 @@ import os
 import re
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from components.core.data import FILES, K_MAX, K_MIN, SPLITS, split_of
+from components.core.data import BOM, BOM_MESSAGE, FILES, K_MAX, K_MIN, SPLITS, lone_surrogate, split_of
+from components.core.encode import SMOLLM2_CONTROL_TOKENS, control_pattern, gate_control_tokens
 
 PROMPT_TYPES = ("open", "closed")
 # Control characters refused in text: C0 (except \t = 0x09 and \n = 0x0a), DEL and C1.
 CONTROL_CHARS = r"[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+# Unicode non-characters (permanently reserved, never text: U+FDD0..U+FDEF and the last two code
+# points of every plane) and the byte-order mark U+FEFF inside text (an invisible left-over of joined files).
+NONCHARACTERS = "[\ufdd0-\ufdef\ufeff" + "".join(f"{chr(p * 0x10000 + 0xFFFE)}{chr(p * 0x10000 + 0xFFFF)}"
+                                                  for p in range(17)) + "]"
 
 # Field -> JSON type name (see _json_type) per file; optional fields may be absent.
 SCHEMAS: dict[str, dict[str, dict[str, str]]] = {
@@ -62,12 +74,12 @@ LIMIT_ARGS = {"prompt": "max_prompt_chars", "response": "max_response_chars",
 
 # Stable rule names, in report order.
 RULES = (
-    "file_missing", "file_empty", "valid_utf8", "valid_json", "json_object",
-    "required", "type", "unknown_field", "non_empty", "max_length", "no_control_chars",
-    "allowed_value", "unique_id", "k_in_range", "ranks_valid_for_responses",
+    "file_missing", "file_empty", "valid_utf8", "no_bom", "valid_json", "json_object", "valid_unicode",
+    "required", "type", "unknown_field", "non_empty", "max_length", "no_control_chars", "no_noncharacters",
+    "no_control_tokens", "allowed_value", "unique_id", "k_in_range", "ranks_valid_for_responses",
     "ranks_not_all_equal", "distinct_responses", "user_in_one_split",
 )
-LINE_RULES = ("valid_utf8", "valid_json", "json_object")
+LINE_RULES = ("valid_utf8", "no_bom", "valid_json", "json_object", "valid_unicode")
 
 
 # ---------------------------------------------------------------- reading
@@ -91,6 +103,9 @@ def _read_lines(path: Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str
             except UnicodeDecodeError as e:
                 bad.append((lineno, "valid_utf8", f"not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})"))
                 continue
+            if line.startswith(BOM):
+                bad.append((lineno, "no_bom", BOM_MESSAGE))
+                continue
             try:
                 rec = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
@@ -99,6 +114,9 @@ def _read_lines(path: Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str
             if not isinstance(rec, dict):
                 kind = "array" if isinstance(rec, list) else _json_type(rec)
                 bad.append((lineno, "json_object", f"expected a JSON object, got {kind}"))
+                continue
+            if (problem := lone_surrogate(rec)) is not None:
+                bad.append((lineno, "valid_unicode", problem))
                 continue
             records.append((lineno, rec))
     return records, bad, n_nonblank
@@ -164,7 +182,7 @@ def _row(rec: dict, schema: dict, user_ok: dict[str, bool]) -> dict[str, Any]:
     return row
 
 
-def _expectations(name: str, limits: dict) -> list[tuple[str, str | None, str, dict]]:
+def _expectations(name: str, limits: dict, control_regex: str) -> list[tuple[str, str | None, str, dict]]:
     """The suite of one file as (rule, field, GX expectation class name, kwargs)."""
     schema = SCHEMAS[name]
     fields = schema["required"] | schema["optional"]
@@ -191,6 +209,12 @@ def _expectations(name: str, limits: dict) -> list[tuple[str, str | None, str, d
     if "responses" in fields:
         ex.append(("no_control_chars", "responses", "ExpectColumnValuesToNotMatchRegex",
                    {"column": "_joined_responses", "regex": CONTROL_CHARS}))
+    for rule, regex in (("no_noncharacters", NONCHARACTERS), ("no_control_tokens", control_regex)):
+        for f, t in fields.items():
+            if t == "str" and f not in ALLOWED_VALUES:
+                ex.append((rule, f, "ExpectColumnValuesToNotMatchRegex", {"column": f, "regex": regex}))
+        if "responses" in fields:
+            ex.append((rule, "responses", "ExpectColumnValuesToNotMatchRegex", {"column": "_joined_responses", "regex": regex}))
     for f, allowed in ALLOWED_VALUES.items():
         if f in fields:
             ex.append(("allowed_value", f, "ExpectColumnValuesToBeInSet", {"column": f, "value_set": list(allowed)}))
@@ -217,6 +241,21 @@ def _control_char_at(s: str) -> str | None:
     return f"control character U+{ord(m.group()):04X} at position {m.start()}" if m else None
 
 
+def _noncharacter_at(s: str) -> str | None:
+    """'non-character U+FFFE at position 3' (or 'byte-order mark U+FEFF ...') for the first one in ``s``."""
+    m = re.search(NONCHARACTERS, s)
+    if not m:
+        return None
+    what = "byte-order mark" if m.group() == BOM else "non-character"
+    return f"{what} U+{ord(m.group()):04X} at position {m.start()}"
+
+
+def _control_token_at(s: str, pattern: re.Pattern) -> str | None:
+    """"the control token '<|im_start|>' at position 3" for the first one in ``s``, else None."""
+    m = pattern.search(s)
+    return f"the control token {m.group()!r} at position {m.start()}" if m else None
+
+
 def _message(rule: str, field: str | None, rec: dict, ctx: dict) -> str:
     """A human sentence for one failing record (``ctx``: limits, id lines, user sides)."""
     v = rec.get(field) if field else None
@@ -240,11 +279,14 @@ def _message(rule: str, field: str | None, rec: dict, ctx: dict) -> str:
             i = max(range(len(v)), key=lambda j: len(v[j]))
             return f"responses[{i}] has {len(v[i])} characters > {limit_name}={limit}"
         return f"{field} has {len(v)} characters > {limit_name}={limit}"
-    if rule == "no_control_chars":
+    if rule in ("no_control_chars", "no_noncharacters", "no_control_tokens"):
+        find = {"no_control_chars": _control_char_at, "no_noncharacters": _noncharacter_at,
+                "no_control_tokens": lambda text: _control_token_at(text, ctx["control_pattern"])}[rule]
+        why = " (only the chat template may write it)" if rule == "no_control_tokens" else ""
         if field == "responses":
-            i = next(j for j, r in enumerate(v) if _control_char_at(r))
-            return f"responses[{i}] contains {_control_char_at(v[i])}"
-        return f"{field} contains {_control_char_at(v)}"
+            i = next(j for j, r in enumerate(v) if find(r))
+            return f"responses[{i}] contains {find(v[i])}{why}"
+        return f"{field} contains {find(v)}{why}"
     if rule == "allowed_value":
         return f"{field} {v!r} is not one of {list(ALLOWED_VALUES[field])}"
     if rule == "unique_id":
@@ -352,14 +394,16 @@ def validate_dir(
     max_text_chars: int = 20000,
     eval_fraction: float = 0.1,
     seed: int = 0,
+    control_tokens: Iterable[str] = SMOLLM2_CONTROL_TOKENS,
 ) -> dict:
     """Check the four data files of ``data_dir``; never raises for bad data, only reports it.
 
     Length limits are in characters (Python ``len`` of the str). ``eval_fraction`` and ``seed`` are
     those of the training stages (``data.split_of``): they decide which side an unsplit user's
-    records land on for the ``user_in_one_split`` rule.
+    records land on for the ``user_in_one_split`` rule. ``control_tokens``: the strings no text may
+    hold (``control_tokens_for``: those of the configured tokenizer; default: the packaged SmolLM2's).
 
-    Returns ``{"success", "data_dir", "files": {file name: {"records", "success", "expectations":
+    Returns ``{"success", "data_dir", "control_tokens", "files": {file name: {"records", "success", "expectations":
     [{"rule", "field", "expectation", "success", "unexpected_count"}]}}, "failures": [{"file",
     "line", "id", "field", "rule", "message"}]}``; ``failures`` lists every failing record, sorted
     by file, line and rule; ``line``/``id``/``field`` are None where they do not apply.
@@ -371,6 +415,8 @@ def validate_dir(
     data_dir = Path(data_dir)
     limits = {"prompt": max_prompt_chars, "response": max_response_chars,
               "responses": max_response_chars, "text": max_text_chars}
+    control_tokens = sorted(set(control_tokens))
+    control = control_pattern(control_tokens)
     files: dict[str, dict] = {}
     failures: list[dict] = []
 
@@ -400,7 +446,7 @@ def validate_dir(
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     for name, recs in parsed.items():
         path = data_dir / name
-        spec = _expectations(name, limits)
+        spec = _expectations(name, limits, control.pattern)
         rows = [_row(rec, SCHEMAS[name], user_ok) for _, rec in recs]
         columns = sorted({kw["column"] for _, _, _, kw in spec if "column" in kw})
         frame = pd.DataFrame(rows, columns=columns).astype(object)
@@ -409,7 +455,7 @@ def validate_dir(
         for lineno, rec in recs:
             if isinstance(rec.get("id"), str):
                 id_lines[rec["id"]].append(lineno)
-        ctx = {"name": name, "limits": limits, "id_lines": id_lines, "user_sides": sides}
+        ctx = {"name": name, "limits": limits, "id_lines": id_lines, "user_sides": sides, "control_pattern": control}
         for (rule, field, cls, kwargs), res in zip(spec, _run_suite(context, name, frame, spec)):
             r = res.result
             if rule == "file_empty":
@@ -432,7 +478,16 @@ def validate_dir(
     order = {name: i for i, name in enumerate(FILES.values())}
     failures.sort(key=lambda x: (order[Path(x["file"]).name], x["line"] or 0, RULES.index(x["rule"])))
     return {"success": not failures and all(f["success"] for f in files.values()),
-            "data_dir": str(data_dir), "files": files, "failures": failures}
+            "data_dir": str(data_dir), "control_tokens": control_tokens, "files": files, "failures": failures}
+
+
+def control_tokens_for(cfg) -> tuple[str, ...]:
+    """The control tokens of the configured tokenizer, for ``validate_dir``: the packaged SmolLM2's, plus
+    those declared by the tokenizer files of ``base_model.source`` and of ``outputs/base_model`` when it
+    was built from that source (``core.encode.gate_control_tokens``; no model is loaded)."""
+    tokens, sources = gate_control_tokens(cfg.base_model.source, cfg.out_dir("base_model"))
+    print(f"[validate] text may not hold the {len(tokens)} control tokens of: {'; '.join(sources)}", flush=True)
+    return tokens
 
 
 def _failure(path: Path, line: int | None, rid: str | None, field: str | None, rule: str, message: str) -> dict:
