@@ -20,11 +20,16 @@ def test_jsonl_errors_name_file_and_line(tmp_path):
         read_jsonl(tmp_path / "missing.jsonl")
 
 
-def test_jsonl_refuses_a_byte_order_mark_and_lone_surrogates_naming_line_and_field(tmp_path):
+def test_jsonl_accepts_a_leading_bom_and_refuses_lone_surrogates_and_duplicate_keys_naming_line_and_field(tmp_path):
     p = tmp_path / "x.jsonl"
-    p.write_bytes(b'\xef\xbb\xbf{"id": "a"}\n')
-    with pytest.raises(DataError, match=r"x.jsonl:1: starts with a byte-order mark \(U\+FEFF\): save the file as UTF-8 "
-                                        r"without BOM"):
+    p.write_bytes(b'\xef\xbb\xbf{"id": "a"}\n{"id": "b"}\n')  # as Excel and Notepad save UTF-8
+    assert read_jsonl(p) == [{"id": "a"}, {"id": "b"}]
+    p.write_bytes(b'{"id": "a"}\n\xef\xbb\xbf{"id": "b"}\n')  # two files joined
+    with pytest.raises(DataError, match=r"x.jsonl:2: starts with a byte-order mark \(U\+FEFF\), which only the start "
+                                        r"of a file may have"):
+        read_jsonl(p)
+    p.write_bytes(b'{"id": "a", "prompt": "x", "prompt": "y"}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:1: the key 'prompt' appears twice in one object"):
         read_jsonl(p)
     p.write_bytes(b'{"id": "a"}\n{"id": "b", "prompt": "ok\\ud800"}\n')
     with pytest.raises(DataError, match=r"x.jsonl:2: field 'prompt' holds a lone surrogate U\+D800 at position 2"):

@@ -184,9 +184,23 @@ CASES = [
      {}, {(PROMPTS, 3, "p3", "split", "allowed_value")}, "split 'test' is not one of ['train', 'eval']"),
     ("bad_prompt_type", _set(COMPS, 0, prompt_type="creative"),
      {}, {(COMPS, 1, "c1", "prompt_type", "allowed_value")}, "prompt_type 'creative' is not one of"),
-    # Unicode hygiene. A byte-order mark (EF BB BF) in front of the first line, as some editors save files.
-    ("bom", _lines(DEMOS, [b"\xef\xbb\xbf" + dumps_record(VALID[DEMOS][0]).encode(), VALID[DEMOS][1], VALID[DEMOS][2]]),
-     {}, {(DEMOS, 1, None, None, "no_bom")}, "starts with a byte-order mark (U+FEFF)"),
+    # Unicode hygiene. A byte-order mark (EF BB BF) is accepted at the start of a file (what Excel writes), not
+    # in front of a later line (two files joined).
+    ("bom_in_the_middle", _lines(DEMOS, [VALID[DEMOS][0], b"\xef\xbb\xbf" + dumps_record(VALID[DEMOS][1]).encode(),
+                                         VALID[DEMOS][2]]),
+     {}, {(DEMOS, 2, None, None, "no_bom")}, "starts with a byte-order mark (U+FEFF), which only the start of a file"),
+    ("duplicate_key", _lines(PROMPTS, [VALID[PROMPTS][0], '{"id": "p2", "prompt": "Capital of France?", "prompt": "x"}',
+                                       VALID[PROMPTS][2]]),
+     {}, {(PROMPTS, 2, None, None, "unique_keys")}, "the key 'prompt' appears twice in one object"),
+    # Invisible text is blank: zero-width space, zero-width joiner, word joiner, BOM, bidi mark.
+    ("invisible_response", _set(DEMOS, 0, response="\u200b\u200d \u2060\ufeff\u200e"),
+     {}, {(DEMOS, 1, "d1", "response", "non_empty"), (DEMOS, 1, "d1", "response", "no_noncharacters")},
+     "response is empty (nothing but whitespace and invisible format characters)"),
+    ("invisible_answer_in_a_list", _set(COMPS, 0, responses=["Apple.", "\u200b"]),
+     {}, {(COMPS, 1, "c1", "responses", "non_empty")},
+     "responses[1] is empty (nothing but whitespace and invisible format characters)"),
+    ("responses_differing_by_invisible_characters", _set(COMPS, 0, responses=["Apple.", "\u200bApple.\u2060"]),
+     {}, {(COMPS, 1, "c1", "responses", "distinct_responses")}, "responses[0] and responses[1] are the same text"),
     # JSON's \ud800 escape alone: half of a UTF-16 pair, not a character. "Capital" is 7 characters.
     ("lone_surrogate", _lines(PROMPTS, [VALID[PROMPTS][0], '{"id": "p2", "prompt": "Capital\\ud800 of France?"}',
                                         VALID[PROMPTS][2]]),
@@ -274,9 +288,11 @@ def test_unicode_that_is_text_passes_and_the_report_of_bad_unicode_can_be_writte
     files[PROMPTS][1]["prompt"] = "What does <|im_start is missing?"
     d = write_dir(tmp_path, files)
     with open(d / PRETRAIN, "ab") as f:
-        f.write(b'{"id": "t3", "text": "smile \\ud83d\\ude00"}\n')
+        f.write(b'{"id": "t3", "text": "smile \\ud83d\\ude00 a\\u200bb"}\n')  # a zero-width space inside text is fine
+    (d / PROMPTS).write_bytes(b"\xef\xbb\xbf" + (d / PROMPTS).read_bytes())  # saved by Excel: accepted
     report = vr.validate_dir(d)
     assert report["failures"] == [] and report["files"][PRETRAIN]["records"] == 3
+    assert report["files"][PROMPTS]["records"] == 3
     assert "<|im_start|>" in report["control_tokens"] and len(report["control_tokens"]) == 17
     # a lone surrogate is named in the report as U+D800, so report.json (UTF-8) can be written
     with open(d / PRETRAIN, "ab") as f:

@@ -42,9 +42,10 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for every non-blank line; 1-based line numbers.
 
     Plain or gzip-compressed (recognised by its magic bytes, whatever the name). Raises DataError
-    naming the file and line for a missing or unreadable file, broken gzip data, invalid UTF-8, a
-    byte-order mark, invalid JSON, a line that is not a JSON object, or a lone surrogate (a
-    ``\\ud800`` escape) in a key or a value (naming the field).
+    naming the file and line for a missing or unreadable file, broken gzip data, invalid UTF-8,
+    invalid JSON, a key given twice in one object, a line that is not a JSON object, a lone
+    surrogate (a ``\\ud800`` escape) in a key or a value (naming the field), or a byte-order mark
+    at the start of a line other than the first (one at the very start of the file is accepted).
     """
     path = Path(path)
     if not path.exists():
@@ -70,14 +71,18 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start})") from None
+            if lineno == 1 and text.startswith(BOM):
+                text = text[1:]  # a UTF-8 byte-order mark at the start of the file (Excel, Notepad): accepted
             if not text.strip():
                 continue
             if text.startswith(BOM):
                 raise DataError(f"{path}:{lineno}: {BOM_MESSAGE}")
             try:
-                rec = json.loads(text.rstrip("\r\n"))
+                rec = loads_object(text.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except DuplicateKey as e:
+                raise DataError(f"{path}:{lineno}: {e}") from None
             if not isinstance(rec, dict):
                 kind = "list" if isinstance(rec, list) else type(rec).__name__
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {kind}")
@@ -87,8 +92,27 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 BOM = "\ufeff"
-BOM_MESSAGE = "starts with a byte-order mark (U+FEFF): save the file as UTF-8 without BOM"
+BOM_MESSAGE = ("starts with a byte-order mark (U+FEFF), which only the start of a file may have "
+               "(were two files joined?)")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class DuplicateKey(ValueError):
+    """A JSON object gives the same key twice (``json`` would silently keep the last value)."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise DuplicateKey(f"the key '{_escaped(key)}' appears twice in one object (which value is meant?)")
+    return obj
+
+
+def loads_object(text: str) -> Any:
+    """``json.loads`` that refuses an object giving a key twice (``DuplicateKey``)."""
+    return json.loads(text, object_pairs_hook=_object)
 
 
 def lone_surrogate(rec: dict[str, Any]) -> str | None:

@@ -33,7 +33,7 @@ the comparison and its demonstration: InstructGPT splits train/eval by the user 
 prompt, so all records about one question land on the same side (``data.split_of``).
 
 Cleaning, so the output passes the validation gate (``components/datasets/rules.py``): texts are
-stripped of surrounding whitespace; ``\\r\\n`` and lone ``\\r``, vertical tab, form feed and NEL
+stripped of surrounding whitespace and invisible format characters (``rules.visible_strip``); ``\\r\\n`` and lone ``\\r``, vertical tab, form feed and NEL
 become ``\\n``; every other control character of ``rules.CONTROL_CHARS`` (C0 but tab and
 newline, DEL, C1), every Unicode non-character and every byte-order mark inside text
 (``rules.NONCHARACTERS``) is removed. Prompts or responses longer than ``max_chars`` (default 4000 =
@@ -56,7 +56,7 @@ from typing import Any
 from components.core.data import K_MAX, K_MIN, iter_jsonl
 from components.core.errors import DataError
 from components.core.encode import SMOLLM2_CONTROL_TOKENS, control_pattern
-from components.datasets.rules import CONTROL_CHARS, NONCHARACTERS
+from components.datasets.rules import CONTROL_CHARS, NONCHARACTERS, visible_strip
 
 DEFAULT_MAX_CHARS = 4000
 HUMAN, ASSISTANT = "Human", "Assistant"
@@ -73,7 +73,8 @@ __all__ = ["import_hh_rlhf", "import_oasst", "render_dialogue", "clean_text", "D
 
 def clean_text(text: str) -> tuple[str, int]:
     """``(cleaned, n_changed)``: line-break controls -> ``\\n``, other control characters, non-characters
-    and byte-order marks removed, surrounding whitespace stripped; ``n_changed`` counts the characters touched."""
+    and byte-order marks removed, surrounding whitespace and invisible format characters stripped (a text of
+    only zero-width characters becomes empty); ``n_changed`` counts the characters touched."""
     n = 0
 
     def _nl(m: re.Match) -> str:
@@ -83,7 +84,7 @@ def clean_text(text: str) -> tuple[str, int]:
 
     text = _LINE_BREAKS.sub(_nl, text)
     text, removed = _CONTROL.subn("", text)
-    return text.strip(), n + removed
+    return visible_strip(text), n + removed
 
 
 def render_dialogue(turns: list[tuple[str, str]]) -> str:
