@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from components.core.data import iter_jsonl, read_jsonl, split_records, write_jsonl
@@ -19,6 +21,18 @@ def test_jsonl_errors_name_file_and_line(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         read_jsonl(tmp_path / "missing.jsonl")
 
+
+
+@pytest.mark.parametrize("line,why", [
+    ('{"id": "a", "prompt": ' + "[" * 40 + "]" * 40 + "}", "arrays or objects nested more than 32 levels deep"),
+    ('{"id": "a", "prompt": ' + "[" * 100000 + "]" * 100000 + "}", "arrays or objects nested too deeply"),
+    ('{"id": "a", "ranks": [' + "9" * 5000 + "]}", "an integer with more digits than Python converts (4300)"),
+], ids=["deeper_than_32", "past_the_recursion_limit", "integer_of_5000_digits"])
+def test_jsonl_refuses_what_python_json_cannot_hold_naming_the_line(tmp_path, line, why):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"id": "ok", "prompt": [[["three levels deep is fine"]]]}\n' + line + "\n")
+    with pytest.raises(DataError, match=re.escape(f"x.jsonl:2: not valid JSON ({why}")):
+        read_jsonl(p)
 
 def test_jsonl_accepts_a_leading_bom_and_refuses_lone_surrogates_and_duplicate_keys_naming_line_and_field(tmp_path):
     p = tmp_path / "x.jsonl"

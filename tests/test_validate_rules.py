@@ -192,6 +192,15 @@ CASES = [
     ("duplicate_key", _lines(PROMPTS, [VALID[PROMPTS][0], '{"id": "p2", "prompt": "Capital of France?", "prompt": "x"}',
                                        VALID[PROMPTS][2]]),
      {}, {(PROMPTS, 2, None, None, "unique_keys")}, "the key 'prompt' appears twice in one object"),
+    # Python's own limits, found by the fuzzer (benchmarks/fuzz_gate.py): a line rule each, never a traceback.
+    ("nested_too_deep", _lines(PROMPTS, [VALID[PROMPTS][0], '{"id": "p2", "prompt": ' + "[" * 100 + "]" * 100 + "}",
+                                         VALID[PROMPTS][2]]),
+     {}, {(PROMPTS, 2, None, None, "valid_json")}, "not valid JSON (arrays or objects nested more than 32 levels deep)"),
+    ("nested_past_json_recursion_limit", _lines(PROMPTS, [VALID[PROMPTS][0], '{"id": "p2", "prompt": ' + "[" * 100000
+                                                          + "]" * 100000 + "}"]),
+     {}, {(PROMPTS, 2, None, None, "valid_json")}, "not valid JSON (arrays or objects nested too deeply)"),
+    ("integer_too_long", _lines(COMPS, [VALID[COMPS][0], '{"id": "c2", "ranks": [' + "9" * 5000 + "]}", VALID[COMPS][2]]),
+     {}, {(COMPS, 2, None, None, "valid_json")}, "not valid JSON (an integer with more digits than Python converts"),
     # Invisible text is blank: zero-width space, zero-width joiner, word joiner, BOM, bidi mark.
     ("invisible_response", _set(DEMOS, 0, response="\u200b\u200d \u2060\ufeff\u200e"),
      {}, {(DEMOS, 1, "d1", "response", "non_empty"), (DEMOS, 1, "d1", "response", "no_noncharacters")},

@@ -79,10 +79,10 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise DataError(f"{path}:{lineno}: {BOM_MESSAGE}")
             try:
                 rec = loads_object(text.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
             except DuplicateKey as e:
                 raise DataError(f"{path}:{lineno}: {e}") from None
+            except (ValueError, RecursionError) as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({json_problem(e)})") from None
             if not isinstance(rec, dict):
                 kind = "list" if isinstance(rec, list) else type(rec).__name__
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {kind}")
@@ -110,9 +110,37 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+MAX_DEPTH = 32  # arrays/objects inside each other; the data formats need 2 (a list of strings in an object)
+
+
+class TooDeep(ValueError):
+    """A JSON value nests arrays or objects more than ``MAX_DEPTH`` levels deep."""
+
+
 def loads_object(text: str) -> Any:
-    """``json.loads`` that refuses an object giving a key twice (``DuplicateKey``)."""
-    return json.loads(text, object_pairs_hook=_object)
+    """``json.loads`` that refuses an object giving a key twice (``DuplicateKey``) and values nested more
+    than ``MAX_DEPTH`` levels deep (``TooDeep``: every later check may walk the value recursively)."""
+    value = json.loads(text, object_pairs_hook=_object)
+    stack = [(value, 1)]
+    while stack:  # iterative: the value may be nested as deep as json's own limit
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise TooDeep(f"arrays or objects nested more than {MAX_DEPTH} levels deep")
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return value
+
+
+def json_problem(e: ValueError | RecursionError) -> str:
+    """Why ``json.loads`` refused a line, for 'not valid JSON (...)': its message and column, or what
+    Python's own limits say (an integer of more than 4300 digits, arrays or objects nested too deep)."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} at column {e.colno}"
+    if isinstance(e, RecursionError):
+        return "arrays or objects nested too deeply"
+    if "integer string conversion" in str(e):
+        return "an integer with more digits than Python converts (4300)"
+    return str(e)
 
 
 def lone_surrogate(rec: dict[str, Any]) -> str | None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from components.core.data import (BOM, BOM_MESSAGE, FILES, K_MAX, K_MIN, SPLITS, DuplicateKey, iter_jsonl,
-                                  loads_object, lone_surrogate, split_of)
+                                  json_problem, loads_object, lone_surrogate, split_of)
 from components.core.errors import DataError
 from components.core.encode import SMOLLM2_CONTROL_TOKENS, control_pattern, gate_control_tokens
 
@@ -116,11 +116,11 @@ def _read_lines(path: Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str
                 continue
             try:
                 rec = loads_object(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                bad.append((lineno, "valid_json", f"not valid JSON ({e.msg} at column {e.colno})"))
-                continue
             except DuplicateKey as e:
                 bad.append((lineno, "unique_keys", str(e)))
+                continue
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, and Python's own limits
+                bad.append((lineno, "valid_json", f"not valid JSON ({json_problem(e)})"))
                 continue
             if not isinstance(rec, dict):
                 kind = "array" if isinstance(rec, list) else _json_type(rec)
