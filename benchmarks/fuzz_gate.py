@@ -20,6 +20,7 @@ import argparse
 import json
 import re
 import shutil
+import signal
 import string
 import sys
 import tempfile
@@ -294,8 +295,18 @@ def main() -> int:
             finally:
                 shutil.rmtree(d)
 
-        fuzz()
-    figures = {"folders": tried[0], "seconds": round(time.time() - t0), "tracebacks": sum(tracebacks.values()),
+        # SIGTERM (a `timeout`) or Ctrl-C ends the run early; the figures so far are still printed and written
+        def stop(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
+        interrupted = False
+        try:
+            fuzz()
+        except KeyboardInterrupt:
+            interrupted = True
+    figures = {"folders": tried[0], "interrupted": interrupted, "seconds": round(time.time() - t0),
+               "tracebacks": sum(tracebacks.values()),
                "traceback_kinds": dict(tracebacks.most_common()), "examples": examples,
                "classes": dict(classes.most_common())}
     print(json.dumps(figures, indent=2))
