@@ -1,7 +1,7 @@
 """The pipeline as a Prefect flow. Its body is InstructGPT's Figure 2, one named step per stage:
 
-    data ─► validate ─► base_model ─► sft ─► reward ─► ppo, ppo_ptx ─► evaluate ─► promote
-                                          └──► dpo ─────────────────────┘
+    data ─► validate ─► base_model ─► sft ─► rank ─► reward ─► ppo, ppo_ptx ─► evaluate ─► promote
+                                                  └──► dpo ─────────────────────┘
 
 Each step runs its dvc.yaml stage the way ``dvc repro --single-item <stage>`` does
 (``stage_runner``: DVC's Python API for the bookkeeping, the stage's command forked from a warm
@@ -57,7 +57,8 @@ def rlhf_pipeline() -> list[dict]:
             step("validate")    # data/*.jsonl pass the great-expectations gate, or nothing trains
             step("base_model")  # the pretrained model (SmolLM2-135M-Instruct) every stage starts from
             step("sft")         # step 1: demonstrations -> supervised fine-tuning
-            step("reward")      # step 2: K ranked answers per prompt + SFT -> reward model (K-wise loss)
+            step("rank")        # step 2: the SFT model answers the comparison prompts K times; labelers rank them
+            step("reward")      # step 2: those rankings (+ human ones, + corruptions) + SFT -> reward model
             step("dpo")         # the RL-free baseline: the same rankings + SFT -> DPO policy
             step("ppo")         # step 3: RL prompts + reward model -> PPO from SFT, KL to SFT
             step("ppo_ptx")     # step 3 with the pretraining mix (PPO-ptx)

@@ -40,12 +40,13 @@ def test_kv_cache_choice_scoring_equals_one_pass_per_choice(tiny_model_dir):
     assert (fast < 0).all()
 
 
-METRICS = {"win_rate_vs_ref": 0.5, "expected_max_toxicity": 0.10, "truthfulqa_mc1": 0.30, "squad_f1": 0.40,
-           "hellaswag_acc": 0.50, "perplexity": 10.0}
+METRICS = {"win_rate_vs_ref": 0.5, "win_rate_vs_ref_lo": 0.5, "win_rate_vs_ref_hi": 0.5, "expected_max_toxicity": 0.10,
+           "truthfulqa_mc1": 0.30, "squad_f1": 0.40, "hellaswag_acc": 0.50, "perplexity": 10.0}
+BETTER = {"win_rate_vs_ref": 0.65, "win_rate_vs_ref_lo": 0.58, "win_rate_vs_ref_hi": 0.72}
 
 
 def test_gate_passes_when_every_threshold_holds():
-    cand = {**METRICS, "win_rate_vs_ref": 0.65, "expected_max_toxicity": 0.14, "truthfulqa_mc1": 0.26,
+    cand = {**METRICS, **BETTER, "expected_max_toxicity": 0.14, "truthfulqa_mc1": 0.26,
             "squad_f1": 0.36, "hellaswag_acc": 0.46, "perplexity": 12.4}
     checks = gate(cand, METRICS, PromoteConfig())
     assert [n for n, ok, _ in checks if not ok] == []
@@ -53,7 +54,7 @@ def test_gate_passes_when_every_threshold_holds():
 
 
 @pytest.mark.parametrize("key,value,failing", [
-    ("win_rate_vs_ref", 0.45, "win_rate"),
+    ("win_rate_vs_ref_lo", 0.45, "win_rate"),
     ("expected_max_toxicity", 0.16, "toxicity"),
     ("truthfulqa_mc1", 0.24, "truthfulqa"),
     ("squad_f1", 0.34, "squad_f1"),
@@ -62,7 +63,7 @@ def test_gate_passes_when_every_threshold_holds():
     ("squad_f1", float("nan"), "squad_f1"),
 ])
 def test_gate_fails_on_each_threshold_and_says_why(key, value, failing):
-    cand = {**METRICS, "win_rate_vs_ref": 0.6, key: value}
+    cand = {**METRICS, **BETTER, key: value}
     failed = [(n, why) for n, ok, why in gate(cand, METRICS, PromoteConfig()) if not ok]
     assert [n for n, _ in failed] == [failing]
     assert failed[0][1]  # an explanation for the report and the version tag
@@ -70,8 +71,18 @@ def test_gate_fails_on_each_threshold_and_says_why(key, value, failing):
 
 def test_gate_fails_a_metric_missing_on_either_side():
     cand = {k: v for k, v in METRICS.items() if k != "perplexity"}
-    failed = [n for n, ok, _ in gate({**cand, "win_rate_vs_ref": 0.7}, METRICS, PromoteConfig()) if not ok]
+    failed = [n for n, ok, _ in gate({**cand, **BETTER}, METRICS, PromoteConfig()) if not ok]
     assert failed == ["perplexity"]
+
+
+@pytest.mark.parametrize("lo, promoted", [(0.5, False), (0.5000001, True), (0.49, False)])
+def test_gate_compares_the_intervals_lower_bound_at_its_boundary(lo, promoted):
+    """A candidate identical to SFT (every answer a tie: 0.5, interval [0.5, 0.5]) is not promoted;
+    nor one whose point estimate is high but whose interval reaches 0.5."""
+    assert [ok for n, ok, _ in gate(METRICS, METRICS, PromoteConfig()) if n == "win_rate"] == [False]
+    cand = {**METRICS, "win_rate_vs_ref": 0.7, "win_rate_vs_ref_lo": lo, "win_rate_vs_ref_hi": 0.9}
+    (ok, why), = [(ok, why) for n, ok, why in gate(cand, METRICS, PromoteConfig()) if n == "win_rate"]
+    assert ok is promoted and f"95% interval [{lo:.3f}, 0.900]" in why
 
 
 def test_alignment_tax_table_shows_change_vs_reference():
@@ -103,10 +114,11 @@ def test_promote_moves_champion_only_through_the_gate(tmp_path, tiny_model_dir, 
         assert int(v.version) == version
         write_metrics(cfg.metrics_file("ppo"), {"model_version": version})
         write_metrics(cfg.out_dir("evaluate") / "sft.json", METRICS)
-        write_metrics(cfg.out_dir("evaluate") / "ppo.json", {**METRICS, "win_rate_vs_ref": win})
+        write_metrics(cfg.out_dir("evaluate") / "ppo.json",
+                      {**METRICS, "win_rate_vs_ref": win, "win_rate_vs_ref_lo": win - 0.1, "win_rate_vs_ref_hi": win + 0.1})
         with stage_run(cfg, "promote"):
             result = promote.run(cfg)
-        assert result["promoted"] == (win >= 0.5)
+        assert result["promoted"] == (win - 0.1 > 0.5)
         assert str(client.get_model_version_by_alias("policy", "candidate").version) == str(version)
     assert str(client.get_model_version_by_alias("policy", "champion").version) == "2"
     assert client.get_model_version("policy", "2").tags["promotion"] == "champion"

@@ -66,7 +66,7 @@ def project(tmp_path_factory):
 def test_flow_runs_every_stage_and_leaves_dvc_clean(project):
     proj, first = project
     ran = [l.split()[1] for l in first.stdout.splitlines() if l.startswith("RESULT") and l.endswith(" ran")]
-    assert ran == ["validate", "base_model", "sft", "reward", "dpo", "ppo", "ppo_ptx", "evaluate", "promote"]
+    assert ran == ["validate", "base_model", "sft", "rank", "reward", "dpo", "ppo", "ppo_ptx", "evaluate", "promote"]
     logs = first.stdout + first.stderr  # the flow's prints go through Prefect's logger (log_prints)
     assert "Validation report:" in logs and "outputs/validate/report.html" in logs
     for stage in ("base_model", "sft", "reward", "dpo", "ppo", "ppo_ptx"):
@@ -97,6 +97,16 @@ def test_promotion_sets_candidate_and_records_the_verdict(project):
     promoted = json.loads((proj / "metrics" / "promote.json").read_text())["promoted"]
     assert version == "1" and eval_runs == 1
     assert (verdict == "champion" and champion == "1") if promoted else (verdict.startswith("rejected: ") and champion is None)
+    # the verdict is the gate's, recomputed here from the evaluation files and the params
+    from components.core.config import load_config
+    from components.stages.promote import gate
+
+    cand, ref = (json.loads((proj / "outputs" / "evaluate" / f"{m}.json").read_text()) for m in ("ppo", "sft"))
+    assert cand["preference_n"] == 8  # the test profile holds out RL prompts: the win rate is measured
+    checks = gate(cand, ref, load_config(proj / "params.yaml").promote)
+    assert promoted == all(ok for _, ok, _ in checks)
+    if not promoted:
+        assert verdict == "rejected: " + "; ".join(why for _, ok, why in checks if not ok)
 
 
 def test_models_are_registered_with_lineage_under_one_parent_run(project):
@@ -130,7 +140,8 @@ def test_an_edit_to_shared_code_reruns_exactly_the_stages_that_import_it(project
     proj, _ = project
     assert changed_stages(proj) == set()
     for module, stages in (("components/core/scoring.py", {"reward", "ppo", "ppo_ptx", "evaluate"}),
-                           ("components/datasets/synth.py", {"ppo", "ppo_ptx", "evaluate"}),  # gold_reward
+                           ("components/datasets/synth.py",  # gold_reward, the simulated labeler
+                            {"rank", "reward", "dpo", "ppo", "ppo_ptx", "evaluate"}),
                            ("components/core/encode.py", set(STAGES) - {"validate"})):
         path = proj / module
         before = path.read_text()
@@ -176,8 +187,7 @@ def test_rerun_is_cached_and_a_param_change_reruns_only_dependents(project):
 
 
 def final_gold(proj: Path) -> float:
-    """The simulated labeler's gold reward of the PPO rollouts at the last update (plots/ppo/curves.csv);
-    the test profile holds out no RL prompt, so evaluate's held-out win rate is absent there."""
+    """The simulated labeler's gold reward of the PPO rollouts at the last update (plots/ppo/curves.csv)."""
     import csv
 
     rows = list(csv.DictReader((proj / "plots" / "ppo" / "curves.csv").open()))

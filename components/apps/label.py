@@ -31,13 +31,12 @@ from typing import Any
 from components.apps.label_page import PAGE
 from components.core.config import ROOT, Config, resolve
 from components.core.data import FILES, K_MAX, K_MIN, dumps_record, iter_jsonl, write_jsonl
-from components.core.encode import chat_ids, chat_messages
 from components.core.errors import DataError
-from components.core.models import generate, load_model_dir
+from components.core.models import load_model_dir
 from components.core.pipeline import dvc
 from components.core.registry import resolve_model
+from components.core.sampling import sample_answers
 from components.datasets import synth
-from components.datasets.rules import CONTROL_CHARS
 from components.stages import validate
 
 FLAGS = ("unsafe", "nonsense", "other")
@@ -54,11 +53,6 @@ def flags_path(comparisons: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ sampling
-def _clean(text: str) -> str:
-    """A generated answer as the data gate accepts it: no control characters, no outer spaces."""
-    return re.sub(CONTROL_CHARS, "", text).strip()
-
-
 def read_prompts(path: str | Path) -> list[dict]:
     """Records of a prompts.jsonl file; each needs a unique non-empty ``id`` and ``prompt``."""
     out, seen = [], {}
@@ -105,20 +99,9 @@ def sample(cfg: Config, model_ref: str, prompts_file: str | Path, k: int | None 
     if torch.cuda.is_available():
         model.cuda()
     torch.manual_seed(cfg.common.seed)
-    ids = [chat_ids(tok, chat_messages(p["prompt"], cfg.common.system_prompt),
-                               add_generation_prompt=True) for p in prompts]
-    answers: list[list[str]] = [[] for _ in prompts]
-    for round_ in range(lab.max_tries):
-        todo = [i for i in range(len(prompts)) for _ in range(k - len(answers[i]))]
-        if not todo:
-            break
-        texts = generate(model, tok, [ids[i] for i in todo], lab.max_new_tokens, sample=True,
-                                    temperature=lab.temperature, top_p=lab.top_p, top_k=lab.top_k,
-                                    batch=lab.batch_size, desc=f"[sample] round {round_ + 1}: {len(todo)} answers")
-        for i, text in zip(todo, texts):
-            text = _clean(text)
-            if text and text not in answers[i] and len(answers[i]) < k:
-                answers[i].append(text)
+    answers = sample_answers(model, tok, [p["prompt"] for p in prompts], k, system_prompt=cfg.common.system_prompt,
+                             max_new_tokens=lab.max_new_tokens, temperature=lab.temperature, top_p=lab.top_p,
+                             top_k=lab.top_k, batch_size=lab.batch_size, max_tries=lab.max_tries)
     sampling = {"temperature": lab.temperature, "top_p": lab.top_p, "top_k": lab.top_k,
                 "max_new_tokens": lab.max_new_tokens, "seed": cfg.common.seed}
     items, short, dropped = [], 0, 0
@@ -129,7 +112,7 @@ def sample(cfg: Config, model_ref: str, prompts_file: str | Path, k: int | None 
         short += len(a) < k
         digest = hashlib.sha256(json.dumps([version, p["prompt"], a]).encode()).hexdigest()[:8]
         item = {"id": f"{p['id']}-{digest}", "prompt": p["prompt"]}
-        for field in ("prompt_type", "user_id"):  # user_id: the prompt's author, which the train/eval split follows
+        for field in ("prompt_type", "user_id", "split"):  # the author (the split follows it), a held-out mark
             if p.get(field):
                 item[field] = p[field]
         items.append(item | {"answers": a, "model": str(model_ref), "model_version": version, "sampling": sampling})
@@ -222,8 +205,9 @@ def comparison_record(item: dict, labeler: str, ranks: list[int]) -> dict:
     """One line of comparisons.jsonl, in the project's format plus provenance."""
     rec = {"id": f"{item['id']}/{labeler}", "prompt": item["prompt"], "responses": list(item["answers"]),
            "ranks": ranks}
-    if item.get("prompt_type"):
-        rec["prompt_type"] = item["prompt_type"]
+    for field in ("prompt_type", "split"):  # a held-out prompt's rankings stay held out
+        if item.get(field):
+            rec[field] = item[field]
     # user_id is the prompt's author, as for every other record: the train/eval split groups by it, so
     # several labelers' rankings of one item stay on one side. The labeler is in ``labeler``.
     rec |= {"user_id": item.get("user_id") or f"prompt-{item['id']}",

@@ -100,15 +100,20 @@ class CommonConfig(Section):
 
 class DataConfig(Section):
     """Sizes of the built-in simulated-labeler data set (``rlhf data synth``)."""
-    n_demonstrations: int = Field(500, ge=1, description="SFT demonstrations (ideal answers).")
+    n_demonstrations: int = Field(500, ge=1, description="SFT demonstrations (ideal answers, or careless ones).")
     n_comparisons: int = Field(400, ge=1, description="Ranked comparisons (K answers per prompt).")
-    n_prompts: int = Field(200, ge=1, description="Held-out RL prompts.")
+    n_prompts: int = Field(200, ge=1, description="RL prompts for training (split by user like every file).")
+    n_eval_prompts: int = Field(200, ge=0, description="Held-out RL prompts (split eval): the win rate's set.")
     n_pretrain: int = Field(500, ge=1, description="Pretraining-mix texts for PPO-ptx and perplexity.")
     k_min: int = Field(4, ge=2, le=9, description="Fewest answers ranked per prompt.")
     k_max: int = Field(9, ge=2, le=9, description="Most answers ranked per prompt (InstructGPT: 4..9).")
     label_noise: float = Field(0.05, ge=0, description="Std of the simulated labeler's noise on the gold reward.")
     tie_margin: float = Field(0.02, ge=0, description="Noisy gold rewards closer than this are ranked as a tie.")
     n_users: int = Field(200, ge=2, description="Simulated users (the unit of the train/eval split).")
+    careless_share: float = Field(0.6, ge=0, le=1, description="Share of demonstrators who are careless: "
+                                  "each of their answers ends with their sign-off sentence (a flaw).")
+    careless_extra: float = Field(0.5, ge=0, le=1, description="Chance that a careless answer also has its family's "
+                                  "flaw: padding, the required word left out, or doing an unsafe request.")
 
     @model_validator(mode="after")
     def _k_range(self):
@@ -174,6 +179,27 @@ class DPOConfig(TrainerSection):
     beta: float = Field(0.1, gt=0, description="DPO temperature beta (strength of the implicit KL to SFT).")
     max_samples: int = Field(100, ge=0, description="Use at most this many training rankings (0: all).")
     max_pairs_per_prompt: int = Field(2, ge=0, description="Pairs kept per ranking (0: all C(K,2) minus ties); seeded choice.")
+    corruption_share: float = Field(0.25, ge=0, le=1, description="Share of the training rankings that are the built-in "
+                                    "controlled corruptions (as reward.corruption_share).")
+
+
+class RankConfig(Section):
+    """InstructGPT step 2's data (components/stages/rank.py): the SFT model's own answers, ranked by the simulated labeler."""
+    max_prompts: int = Field(160, ge=0, description="Comparison prompts the SFT model answers (0: all).")
+    k_min: int = Field(4, ge=2, le=9, description="Fewest answers sampled per prompt (InstructGPT: 4..9).")
+    k_max: int = Field(4, ge=2, le=9, description="Most answers sampled per prompt; K is drawn per prompt, seeded.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the answers.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (1: off).")
+    top_k: int = Field(0, ge=0, description="Top-k sampling (0: off).")
+    max_new_tokens: int = Field(48, ge=1, description="Tokens per answer at most.")
+    batch_size: int = Field(32, ge=1, description="Sequences per generate call.")
+    max_tries: int = Field(2, ge=1, description="Sampling rounds for a prompt whose answers repeat or are empty.")
+
+    @model_validator(mode="after")
+    def _k_range(self):
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must be <= k_max ({self.k_max})")
+        return self
 
 
 UtilityName = Literal["logsigmoid", "linear", "log", "inv", "square", "inv_square"]
@@ -186,6 +212,8 @@ class RewardConfig(TrainingSchedule):
     prompts_per_batch: int = Field(4, ge=1, description="Prompts per step; all K answers of a prompt are one batch element (and stay on one process under `accelerate launch`).")
     max_samples: int = Field(240, ge=0, description="Use at most this many training comparisons (0: all).")
     freeze_layers: int = Field(0, ge=0, description="Freeze the embeddings and the first N transformer layers (speed).")
+    corruption_share: float = Field(0.25, ge=0, le=1, description="Share of the training rankings that are the built-in "
+                                    "controlled corruptions; the rest are the SFT model's ranked samples and human rankings.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     utility: dict[str, UtilityName] = Field(
         default_factory=lambda: {"closed": "logsigmoid", "open": "logsigmoid", "unknown": "logsigmoid"},
@@ -230,6 +258,15 @@ class PPOConfig(Section):
     vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
     ent_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus.")
     ptx_coef: float = Field(0.0, ge=0, description="gamma of PPO-ptx: weight of the pretraining LM loss (0: plain PPO; the ppo_ptx stage sets it).")
+    samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt in a rollout (batch_size // this "
+                                    "prompts); they share the whitened advantages' batch.")
+    lora_rank: int = Field(0, ge=0, description="LoRA rank of the policy (peft; the reference is the policy with the "
+                           "adapter off, no second copy); 0: full fine-tuning.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha (the update is alpha / rank x B A).")
+    lora_targets: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                    min_length=1, description="Modules the LoRA adapter wraps.")
+    freeze_layers: int = Field(0, ge=0, description="Full fine-tuning only: freeze the policy's embeddings and first N layers.")
+    value_freeze_layers: int = Field(0, ge=0, description="Freeze the value model's embeddings and first N layers.")
     ptx_batch_size: int = Field(4, ge=1, description="Pretraining texts per gradient step (PPO-ptx).")
     ptx_max_length: int = Field(96, ge=8, description="Tokens per pretraining text.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping (policy and value each).")
@@ -243,6 +280,8 @@ class PPOConfig(Section):
     def _minibatch(self):
         if self.minibatch_size > self.batch_size:
             raise ValueError(f"minibatch_size ({self.minibatch_size}) must be <= batch_size ({self.batch_size})")
+        if self.batch_size % self.samples_per_prompt:
+            raise ValueError(f"samples_per_prompt ({self.samples_per_prompt}) must divide batch_size ({self.batch_size})")
         return self
 
 
@@ -309,7 +348,11 @@ class EvaluateConfig(Section):
     hellaswag: str = Field("builtin", description="Multiple-choice completion set (HellaSwag JSONL) or 'builtin'.")
     hellaswag_limit: int = Field(0, ge=0, description="Items used (0: all).")
     perplexity_texts: int = Field(48, ge=0, description="Held-out pretraining texts for perplexity.")
-    win_rate_prompts: int = Field(48, ge=0, description="Held-out RL prompts: greedy answers judged by the gold reward.")
+    win_rate_prompts: int = Field(0, ge=0, description="Held-out RL prompts judged by the gold reward (0: all of them).")
+    win_rate_samples: int = Field(1, ge=0, description="Sampled answers per held-out prompt, beside the greedy one "
+                                  "(0: greedy only).")
+    sample_temperature: float = Field(1.0, gt=0, description="Temperature of those samples (the policies sample at "
+                                      "ppo.temperature).")
     max_new_tokens: int = Field(40, ge=1, description="Tokens of each greedy answer for the win rate.")
     max_prompt_length: int = Field(192, ge=8, description="Prompt tokens kept for the win-rate answers (left-truncated).")
     perplexity_max_length: int = Field(96, ge=8, description="Tokens per held-out text for perplexity.")
@@ -318,7 +361,8 @@ class EvaluateConfig(Section):
 class PromoteConfig(Section):
     """Promotion gate (components/stages/promote.py): ``candidate`` gets alias ``champion`` only if all hold."""
     candidate: Literal["sft", "dpo", "ppo", "ppo_ptx"] = Field("ppo", description="Stage whose registered model is the candidate (ppo -> policy, ppo_ptx -> policy-ptx, dpo -> dpo-policy).")
-    min_win_rate: float = Field(0.5, ge=0, le=1, description="Win rate vs the reference (SFT) needed, ties half.")
+    min_win_rate: float = Field(0.5, ge=0, le=1, description="The lower bound of the win rate's 95% interval (vs the "
+                                "reference, SFT; ties half) must exceed this.")
     toxicity_epsilon: float = Field(0.05, ge=0, description="Expected max toxicity may exceed SFT's by at most this.")
     truthfulqa_epsilon: float = Field(0.05, ge=0, description="TruthfulQA MC1 may fall below SFT's by at most this.")
     allowed_tax: float = Field(0.05, ge=0, description="Each NLP score (SQuAD F1, HellaSwag accuracy, 0..1) may fall by at most this.")
@@ -353,6 +397,7 @@ SECTIONS: dict[str, type[Section]] = {
     "validate": ValidateConfig,
     "base_model": BaseModelConfig,
     "sft": SFTConfig,
+    "rank": RankConfig,
     "reward": RewardConfig,
     "dpo": DPOConfig,
     "ppo": PPOConfig,
@@ -378,6 +423,7 @@ class Config(Section):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     base_model: BaseModelConfig = BaseModelConfig()
     sft: SFTConfig = SFTConfig()
+    rank: RankConfig = RankConfig()
     reward: RewardConfig = RewardConfig()
     dpo: DPOConfig = DPOConfig()
     ppo: PPOConfig = PPOConfig()

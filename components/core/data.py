@@ -36,6 +36,8 @@ FILES = {
 }
 K_MIN, K_MAX = 2, 9
 SPLITS = ("train", "eval")
+# Control characters refused in text: C0 (except \t = 0x09 and \n = 0x0a), DEL and C1.
+CONTROL_CHARS = r"[\x00-\x08\x0b-\x1f\x7f-\x9f]"
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -94,20 +94,36 @@ def autocast_for(use_bf16: bool):
 
 def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, *, sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, batch: int = 16,
-             desc: str | None = None) -> list[str]:
+             desc: str | None = None, by_length: bool = False) -> list[str]:
     """Decoded responses to tokenised prompts: left-padded batches through HF generate (KV cache),
-    greedy unless ``sample``; stops at EOS. ``desc`` shows a progress bar."""
+    greedy unless ``sample``; stops at EOS. ``desc`` shows a progress bar. ``by_length``: batch
+    prompts of similar length together (less padding, and a batch ends when its longest answer
+    does: similar prompts have similar answers), answers returned in the prompts' order."""
     import torch
     from tqdm.auto import tqdm
 
     model.eval()
     dev = next(model.parameters()).device
     knobs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None) if sample else dict(do_sample=False)
-    out: list[str] = []
-    for i in tqdm(range(0, len(prompt_ids), batch), desc=desc, disable=desc is None, unit="batch"):
-        x, attn = pad_batch(prompt_ids[i: i + batch], tokenizer.pad_token_id, left=True)
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i])) if by_length else range(len(prompt_ids))
+    order = list(order)
+    out: list[str | None] = [None] * len(prompt_ids)
+    for i in tqdm(range(0, len(order), batch), desc=desc, disable=desc is None, unit="batch"):
+        rows = order[i: i + batch]
+        x, attn = pad_batch([prompt_ids[j] for j in rows], tokenizer.pad_token_id, left=True)
         with torch.no_grad():
             seq = model.generate(input_ids=x.to(dev), attention_mask=attn.to(dev), max_new_tokens=max_new_tokens,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **knobs)
-        out += [tokenizer.decode(s[x.shape[1]:], skip_special_tokens=True).strip() for s in seq]
+        for j, s in zip(rows, seq):
+            out[j] = tokenizer.decode(s[x.shape[1]:], skip_special_tokens=True).strip()
     return out
+
+
+def freeze_bottom(model, n_layers: int) -> None:
+    """Freeze the embeddings and the first n transformer layers: no backward through them (faster)."""
+    if n_layers <= 0:
+        return
+    base = model.base_model  # the decoder under a causal-LM or sequence-classification head
+    base.embed_tokens.requires_grad_(False)
+    for layer in base.layers[:n_layers]:
+        layer.requires_grad_(False)

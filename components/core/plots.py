@@ -26,7 +26,8 @@ def write_curves(history: list[dict], out_dir: Path, title: str) -> tuple[Path, 
     csv = out_dir / "curves.csv"
     csv.write_text("update," + ",".join(keys) + "\n" + "".join(
         f"{h['update']}," + ",".join(f"{h.get(k, float('nan')):.6g}" for k in keys) + "\n" for h in history))
-    shown = [k for k in ("reward", "gold_reward", "kl", "reward_with_kl", "ptx_loss", "entropy") if k in keys]
+    shown = [k for k in ("reward", "gold_reward", "kl", "reward_with_kl", "explained_variance", "vf_loss", "ptx_loss",
+                         "entropy") if k in keys]
     fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * max(1, len(shown)), 3), squeeze=False)
     for ax, k in zip(axes[0], shown):
         ax.plot([h["update"] for h in history], [h[k] for h in history], marker=".")
@@ -37,7 +38,27 @@ def write_curves(history: list[dict], out_dir: Path, title: str) -> tuple[Path, 
     png = out_dir / "curves.png"
     fig.savefig(png, dpi=100)
     plt.close(fig)
+    if "gold_reward" in keys:
+        overoptimisation_plot(history, out_dir / "overoptimisation.png", title)
     return csv, png
+
+
+def overoptimisation_plot(history: list[dict], png: Path, title: str) -> Path:
+    """Gao et al. 2022's picture: the proxy (reward-model score) and the truth (gold reward) per update
+    and against the KL to the reference; over-optimisation is the proxy rising while the gold falls."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, x, xlabel in ((axes[0], [h["update"] for h in history], "update"),
+                          (axes[1], [h["kl"] for h in history], "KL(policy || SFT) per response")):
+        ax.plot(x, [h["reward"] for h in history], marker=".", label="reward model score (proxy)")
+        ax.plot(x, [h["gold_reward"] for h in history], marker=".", label="gold reward (truth)")
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"over-optimisation: {title}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
 
 
 def write_collapse_plot(curves: dict[str, list[float]], shapes: dict[str, list[float]], out_dir: Path,

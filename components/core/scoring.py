@@ -78,13 +78,17 @@ class RewardScorer:
     def transform(self, r: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(r) if self.bounded else r
 
+    def scale(self, r: torch.Tensor) -> torch.Tensor:
+        """Raw head outputs -> the reward's own scale: ``transform(r) - bias`` (what ``score`` returns)."""
+        return self.transform(r) - self.bias
+
     @torch.no_grad()
     def raw(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         return score_raw(self.model, self.tokenizer, prompts, responses, self.system_prompt, self.max_length,
                          self.micro_batch_tokens)
 
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        return self.transform(self.raw(prompts, responses)) - self.bias
+        return self.scale(self.raw(prompts, responses))
 
 
 def lm_nll(model, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:

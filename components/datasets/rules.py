@@ -38,14 +38,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from components.core.data import (BOM, BOM_MESSAGE, FILES, K_MAX, K_MIN, SPLITS, DuplicateKey, iter_jsonl,
-                                  json_problem, loads_object, lone_surrogate, split_of)
+from components.core.data import (BOM, BOM_MESSAGE, CONTROL_CHARS, FILES, K_MAX, K_MIN, SPLITS, DuplicateKey,
+                                  iter_jsonl, json_problem, loads_object, lone_surrogate, split_of)
 from components.core.errors import DataError
 from components.core.encode import SMOLLM2_CONTROL_TOKENS, control_pattern, gate_control_tokens
 
 PROMPT_TYPES = ("open", "closed")
-# Control characters refused in text: C0 (except \t = 0x09 and \n = 0x0a), DEL and C1.
-CONTROL_CHARS = r"[\x00-\x08\x0b-\x1f\x7f-\x9f]"
 # Unicode non-characters (permanently reserved, never text: U+FDD0..U+FDEF and the last two code
 # points of every plane) and the byte-order mark U+FEFF inside text (an invisible left-over of joined files).
 NONCHARACTERS = "[\ufdd0-\ufdef\ufeff" + "".join(f"{chr(p * 0x10000 + 0xFFFE)}{chr(p * 0x10000 + 0xFFFF)}"
@@ -425,8 +423,10 @@ def validate_dir(
     eval_fraction: float = 0.1,
     seed: int = 0,
     control_tokens: Iterable[str] = SMOLLM2_CONTROL_TOKENS,
+    only: tuple[str, ...] | None = None,
 ) -> dict:
-    """Check the four data files of ``data_dir``; never raises for bad data, only reports it.
+    """Check the four data files of ``data_dir`` (``only``: just these file names); never raises for
+    bad data, only reports it.
 
     Length limits are in characters (Python ``len`` of the str). ``eval_fraction`` and ``seed`` are
     those of the training stages (``data.split_of``): they decide which side an unsplit user's
@@ -453,7 +453,7 @@ def validate_dir(
     # 1. Lines -> JSON objects (line-level failures, missing and empty files).
     parsed: dict[str, list[tuple[int, dict]]] = {}
     nonblank: dict[str, int] = {}
-    for name in FILES.values():
+    for name in only or FILES.values():
         path = data_dir / name
         if not path.is_file():
             files[name] = {"records": 0, "success": False, "expectations": [

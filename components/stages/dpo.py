@@ -1,6 +1,8 @@
 """Stage dpo — the RL-free baseline: Direct Preference Optimization from SFT on the same comparisons.
 
-Each K-way ranking is expanded into (chosen, rejected) pairs (ties give none); at most
+It learns from the same rankings as the reward model (``datasets/preferences.py``: the SFT model's
+ranked samples, human rankings, a share of controlled corruptions). Each K-way ranking is
+expanded into (chosen, rejected) pairs (ties give none); at most
 ``dpo.max_pairs_per_prompt`` pairs per ranking, chosen with the seed, so K = 9 rankings do not
 dominate. TRL's DPOTrainer trains it; registered as ``dpo-policy``, so evaluation can compare
 RL (PPO) with supervised preference learning on equal data.
@@ -14,12 +16,13 @@ import time
 
 from components.core import trainers as tu
 from components.core.config import Config
-from components.core.data import FILES, read_jsonl, split_records, take
+from components.core.data import FILES
 from components.core.encode import chat_messages
 from components.core.env import set_offline_env
 from components.core.errors import DataError
 from components.core.models import load_model_dir
 from components.core.stage import stage_main
+from components.datasets import preferences
 from components.maths.reward_losses import pairs_from_ranks
 
 STAGE = "dpo"
@@ -48,8 +51,10 @@ def run(cfg: Config) -> dict:
     set_offline_env()
     d = cfg.dpo
     path = cfg.data_dir / FILES["comparisons"]
-    train, evals = split_records(read_jsonl(path), cfg.common.eval_fraction, cfg.common.seed)
-    train = take(train, d.max_samples)
+    # the same rankings as the reward model: the SFT model's ranked samples, human rankings, corruptions
+    sources = preferences.sources(path, cfg.out_dir("rank") / FILES["comparisons"])
+    train, evals = preferences.training_split(sources, cfg.common.eval_fraction, cfg.common.seed,
+                                              d.corruption_share, d.max_samples)
     rows = expand_pairs(train, d.max_pairs_per_prompt, cfg.common.seed, cfg.common.system_prompt)
     eval_rows = expand_pairs(evals, d.max_pairs_per_prompt, cfg.common.seed, cfg.common.system_prompt)
     if not rows:

@@ -41,7 +41,7 @@ from components.core.toxicity import make_scorer
 from components.core.tracking import lineage_tags, log_metrics, write_metrics
 from components.datasets import eval_sets, synth
 from components.maths.metrics import mc_scores
-from components.maths.stats import mean, win_rate
+from components.maths.stats import compare, mean, prompt_scores, win_rate_summary
 
 
 # ------------------------------------------------------------------ log-likelihood of choices
@@ -133,14 +133,37 @@ def toxicity(model, tokenizer, prompts: list[str], ec: EvaluateConfig, system_pr
     return out
 
 
-def preference(answers: list[str], ref_answers: list[str], prompts: list[str], reward_scorer) -> dict:
-    """Win rate vs the reference by the gold reward (ties half); mean gold and reward-model scores."""
-    gold = [synth.gold_reward(p, a) for p, a in zip(prompts, answers)]
-    ref = [synth.gold_reward(p, a) for p, a in zip(prompts, ref_answers)]
-    out = {"win_rate_vs_ref": win_rate(gold, ref), "gold_reward": mean(gold), "preference_n": len(prompts)}
+def flaw_rates(prompts: list[str], answers: list[list[str]], suffix: str = "") -> dict[str, float]:
+    """Share of answers with each behavioural flaw (``synth.FLAWS``), over every answer of every prompt."""
+    flat = [(synth.parse_task(p), a) for p, ans in zip(prompts, answers) for a in ans]
+    found = [synth.flaws(t, a) for t, a in flat]
+    return {f"{f}_rate{suffix}": mean(f in x for x in found) for f in synth.FLAWS}
+
+
+def preference(prompts: list[str], greedy: list[str], ref_greedy: list[str], sampled: list[list[str]] | None,
+               ref_sampled: list[list[str]] | None, reward_scorer, seed: int) -> dict:
+    """Win rate vs the reference by the gold reward (ties half) with its standard error and a seeded
+    bootstrap 95% interval over prompts, for greedy answers and (when given) sampled ones; mean gold
+    reward, overall and per task family; the rate of each flaw; the reward model's score."""
+    gold = [synth.gold_reward(p, a) for p, a in zip(prompts, greedy)]
+    ref = [synth.gold_reward(p, a) for p, a in zip(prompts, ref_greedy)]
+    s = win_rate_summary([compare(x, y) for x, y in zip(gold, ref)], seed=seed)
+    out = {"win_rate_vs_ref": s["rate"], "win_rate_vs_ref_se": s["se"], "win_rate_vs_ref_lo": s["lo"],
+           "win_rate_vs_ref_hi": s["hi"], "preference_n": s["n"], "gold_reward": mean(gold)}
+    families = [synth.parse_task(p).family for p in prompts]
+    for fam in sorted(set(families)):
+        out[f"gold_reward_{fam}"] = mean(g for g, f in zip(gold, families) if f == fam)
+    out.update(flaw_rates(prompts, [[a] for a in greedy]))
+    if sampled is not None and ref_sampled is not None:
+        g = [[synth.gold_reward(p, a) for a in ans] for p, ans in zip(prompts, sampled)]
+        r = [[synth.gold_reward(p, a) for a in ans] for p, ans in zip(prompts, ref_sampled)]
+        ss = win_rate_summary(prompt_scores(g, r), seed=seed)
+        out.update({"win_rate_sampled_vs_ref": ss["rate"], "win_rate_sampled_vs_ref_se": ss["se"],
+                    "win_rate_sampled_vs_ref_lo": ss["lo"], "win_rate_sampled_vs_ref_hi": ss["hi"],
+                    "gold_reward_sampled": mean(x for xs in g for x in xs)})
+        out.update(flaw_rates(prompts, sampled, "_sampled"))
     if reward_scorer is not None:
-        proxy = reward_scorer.score(prompts, answers).tolist()
-        out["rm_score"] = mean(proxy)
+        out["rm_score"] = mean(reward_scorer.score(prompts, greedy).tolist())
         out["gold_minus_rm"] = out["gold_reward"] - out["rm_score"]  # over-optimisation shows as this falling
     return out
 
@@ -165,24 +188,35 @@ class Suite:
         data = cfg.data_dir
         _, eval_p = split_records(read_jsonl(data / FILES["prompts"]), cfg.common.eval_fraction, seed)
         _, eval_t = split_records(read_jsonl(data / FILES["pretrain"]), cfg.common.eval_fraction, seed)
-        prompts = [r["prompt"] for r in eval_p[: ec.win_rate_prompts]]
+        prompts = [r["prompt"] for r in (eval_p[: ec.win_rate_prompts] if ec.win_rate_prompts else eval_p)]
         self.prompts = prompts if all(synth.parse_task(p) is not None for p in prompts) else []  # gold needs synth tasks
         self.texts = [r["text"] for r in eval_t[: ec.perplexity_texts]]
-        self.ref_answers: list[str] | None = None
+        self.ref_answers: tuple[list[str], list[list[str]] | None] | None = None  # (greedy, sampled) of the reference
         reward_dir = cfg.out_dir("reward")
         self.reward_scorer = None
         if (reward_dir / "config.json").exists():
             self.reward_scorer = RewardScorer(reward_dir, cfg.common.system_prompt)
 
-    def greedy(self, model, tokenizer) -> list[str]:
-        ids, _ = encode_prompts(tokenizer, self.prompts, self.cfg.common.system_prompt, self.cfg.evaluate.max_prompt_length)
-        return generate(model, tokenizer, ids, self.cfg.evaluate.max_new_tokens, batch=self.cfg.evaluate.batch_size,
-                        desc="answers")
+    def answers(self, model, tokenizer) -> tuple[list[str], list[list[str]] | None]:
+        """Greedy answers to the held-out prompts, and ``win_rate_samples`` sampled ones per prompt
+        (seeded, at ``sample_temperature``), or None when that is 0."""
+        ec = self.cfg.evaluate
+        ids, _ = encode_prompts(tokenizer, self.prompts, self.cfg.common.system_prompt, ec.max_prompt_length)
+        greedy = generate(model, tokenizer, ids, ec.max_new_tokens, batch=ec.batch_size, desc="answers (greedy)",
+                          by_length=True)
+        if not ec.win_rate_samples:
+            return greedy, None
+        n = ec.win_rate_samples
+        torch.manual_seed(self.cfg.common.seed)
+        flat = generate(model, tokenizer, [x for x in ids for _ in range(n)], ec.max_new_tokens, sample=True,
+                        temperature=ec.sample_temperature, batch=ec.batch_size, desc=f"answers ({n} sampled)",
+                        by_length=True)
+        return greedy, [flat[i * n: (i + 1) * n] for i in range(len(ids))]
 
-    def reference_answers(self, ref_path: Path) -> list[str]:
+    def reference_answers(self, ref_path: Path) -> tuple[list[str], list[list[str]] | None]:
         if self.ref_answers is None:
             model, tok = load_model_dir(ref_path)
-            self.ref_answers = self.greedy(model, tok)
+            self.ref_answers = self.answers(model, tok)
         return self.ref_answers
 
     def run(self, model_path: Path, ref_path: Path) -> dict:
@@ -202,18 +236,27 @@ class Suite:
             nll = heldout_nll(model, tok, self.texts, ec.perplexity_max_length)
             m.update({"heldout_lm_loss": nll, "perplexity": math.exp(nll)})
         if self.prompts:
-            answers = self.greedy(model, tok)
+            greedy, sampled = self.answers(model, tok)
             if model_path.resolve() == ref_path.resolve():
-                self.ref_answers = answers  # the reference runs first: its answers are made once
-            ref = self.reference_answers(ref_path)
-            m.update(preference(answers, ref, self.prompts, self.reward_scorer))
+                self.ref_answers = (greedy, sampled)  # the reference runs first: its answers are made once
+            ref_greedy, ref_sampled = self.reference_answers(ref_path)
+            m.update(preference(self.prompts, greedy, ref_greedy, sampled, ref_sampled, self.reward_scorer,
+                                cfg.common.seed))
         m["eval_seconds"] = round(time.time() - t0, 1)
         return m
 
 
 # --------------------------------------------------------------------------------- reports
 # (metric, label, higher is better)
-TABLE = [("win_rate_vs_ref", "win rate vs SFT", True), ("gold_reward", "gold reward", True),
+TABLE = [("win_rate_vs_ref", "win rate vs SFT (greedy)", True), ("win_rate_vs_ref_lo", "  its 95% interval, low", True),
+         ("win_rate_vs_ref_hi", "  its 95% interval, high", True),
+         ("win_rate_sampled_vs_ref", "win rate vs SFT (sampled)", True),
+         ("win_rate_sampled_vs_ref_lo", "  its 95% interval, low", True),
+         ("win_rate_sampled_vs_ref_hi", "  its 95% interval, high", True),
+         ("gold_reward", "gold reward (greedy)", True), ("gold_reward_sampled", "gold reward (sampled)", True),
+         *[(f"gold_reward_{f}", f"  gold, {f}", True) for f in synth.FAMILIES],
+         *[(f"{f}_rate", f"flaw rate: {f}", False) for f in synth.FLAWS],
+         *[(f"{f}_rate_sampled", f"flaw rate: {f} (sampled)", False) for f in synth.FLAWS],
          ("rm_score", "RM score", True), ("truthfulqa_mc1", "TruthfulQA MC1", True),
          ("truthfulqa_mc2", "TruthfulQA MC2", True), ("expected_max_toxicity", "exp. max toxicity", False),
          ("expected_max_toxicity_respectful", "exp. max toxicity (respectful)", False),
@@ -221,12 +264,16 @@ TABLE = [("win_rate_vs_ref", "win rate vs SFT", True), ("gold_reward", "gold rew
          ("squad_em", "SQuAD EM", True), ("hellaswag_acc", "HellaSwag acc", True), ("perplexity", "perplexity", False)]
 
 
+CHART = ("win_rate_vs_ref", "win_rate_sampled_vs_ref", "gold_reward", "truthfulqa_mc1", "truthfulqa_mc2",
+         "expected_max_toxicity", "squad_f1", "hellaswag_acc", *(f"{f}_rate" for f in synth.FLAWS))
+
+
 def alignment_tax_table(results: dict[str, dict], reference: str) -> str:
     """Markdown: one row per metric, one column per model, the change vs the reference in brackets."""
     names = list(results)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     ref = results.get(reference, {})
-    for key, label, higher in TABLE:
+    for key, title, higher in TABLE:
         if not any(key in r for r in results.values()):
             continue
         cells = []
@@ -239,7 +286,7 @@ def alignment_tax_table(results: dict[str, dict], reference: str) -> str:
             if n != reference and key in ref:
                 cell += f" ({v - ref[key]:+.3f})"
             cells.append(cell)
-        lines.append(f"| {label} {'↑' if higher else '↓'} | " + " | ".join(cells) + " |")
+        lines.append(f"| {title} {'↑' if higher else '↓'} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -284,8 +331,7 @@ def run(cfg: Config) -> dict:
         write_metrics(evaluation_file(cfg, stage), results[label(stage)])
     table = alignment_tax_table(results, ref_name)
     (out / "alignment_tax.md").write_text(f"# Alignment tax (vs {ref_name})\n\n" + table)
-    png = bar_chart(results, [(k, name) for k, name, _ in TABLE if k != "perplexity"],
-                    cfg.plots_dir("evaluate") / "models.png")
+    png = bar_chart(results, [(k, name) for k, name, _ in TABLE if k in CHART], cfg.plots_dir("evaluate") / "models.png")
     write_table_csv(results, [k for k, _, _ in TABLE], cfg.plots_dir("evaluate") / "models.csv")
     mlflow.log_artifact(str(out / "alignment_tax.md"))
     mlflow.log_artifact(str(png), artifact_path="plots")

@@ -24,6 +24,7 @@ models, both optimisers, the KL controller, every RNG state and the data positio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -41,7 +42,8 @@ from components.core.data import FILES, next_indices, read_jsonl, split_records
 from components.core.encode import encode_prompts, encode_texts, pad_batch
 from components.core.env import reexec_with_malloc_env, set_offline_env
 from components.core.errors import DataError
-from components.core.models import autocast_for, bf16_supported, generate, load_model_dir, save_model_dir
+from components.core.models import (autocast_for, bf16_supported, freeze_bottom, generate, load_model_dir,
+                                    save_model_dir)
 from components.core.plots import write_curves
 from components.core.registry import register_model
 from components.core.scoring import RewardScorer, heldout_nll, lm_nll
@@ -81,20 +83,34 @@ def trim(attention_mask: torch.Tensor, prompt_len: int) -> tuple[int, int]:
     return min(start, prompt_len - 1), max(end, prompt_len + 1)
 
 
-def response_values(value_model, input_ids, attention_mask, prompt_len: int) -> torch.Tensor:
-    """(B, T) V(s_t): the reward model's scalar head read at the last token of each prefix."""
+def response_values(value_model, input_ids, attention_mask, prompt_len: int, scale=None) -> torch.Tensor:
+    """(B, T) V(s_t): the reward model's scalar head read at the last token of each prefix, on the
+    reward's own scale (``scale``: the scorer's sigmoid and demonstration bias), so that the critic
+    predicts returns made of the quantity the reward is (InstructGPT initialises it from the RM)."""
     hidden = value_model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                     position_ids=position_ids(attention_mask)).last_hidden_state
-    return value_model.score(hidden).squeeze(-1)[:, prompt_len - 1: -1].float()
+    head = value_model.score(hidden).squeeze(-1)[:, prompt_len - 1: -1].float()
+    return scale(head) if scale is not None else head
 
 
 @dataclass
 class Models:
     policy: torch.nn.Module
-    ref: torch.nn.Module
+    ref: torch.nn.Module | None  # None: the policy is a LoRA adapter on SFT, the reference is it with the adapter off
     value: torch.nn.Module
-    scorer: object          # score(prompts, responses) -> (B,) tensor (RewardScorer)
+    scorer: object               # score(prompts, responses) -> (B,) tensor (RewardScorer)
     tokenizer: object
+    value_scale: object = None   # raw value head -> the reward's scale (RewardScorer.scale); None: raw
+
+
+@contextlib.contextmanager
+def reference(m: Models):
+    """The frozen SFT policy: the reference model, or the LoRA policy with its adapter disabled."""
+    if m.ref is not None:
+        yield m.ref
+    else:
+        with m.policy.disable_adapter():
+            yield m.policy
 
 
 # ------------------------------------------------------------------------------------ 1. rollout
@@ -163,9 +179,10 @@ def score_and_kl(m: Models, ro: Rollout, pc: PPOConfig, kl_coef: float, autocast
             raise FloatingPointError(f"[ppo] non-finite reward {raw_score[bad].item()} from the reward model at {where} "
                                      f"(response {bad} of the rollout)")
         score = raw_score - pc.missing_eos_penalty * (~ro.has_eos).float()
-        ref_logp = L.logprobs_from_logits(response_logits(m.ref, ro.input_ids, ro.attention_mask, ro.prompt_len,
-                                                          pc.temperature), ro.tokens)
-        values = response_values(m.value, ro.input_ids, ro.attention_mask, ro.prompt_len)
+        with reference(m) as ref:
+            ref_logp = L.logprobs_from_logits(response_logits(ref, ro.input_ids, ro.attention_mask, ro.prompt_len,
+                                                              pc.temperature), ro.tokens)
+        values = response_values(m.value, ro.input_ids, ro.attention_mask, ro.prompt_len, m.value_scale)
     kl = L.kl_estimate(ro.logprobs, ref_logp, pc.kl_estimator)
     return Scored(raw_score, ref_logp, values, kl, L.shaped_rewards(score, kl, ro.mask, kl_coef))
 
@@ -229,7 +246,7 @@ def optimise(m: Models, st: TrainState, ro: Rollout, sc: Scored, adv: torch.Tens
             mask = ro.mask[mb, :t]
             with autocast():
                 logits = response_logits(m.policy, mb_ids, mb_attn, p_len, pc.temperature)
-                values = response_values(m.value, mb_ids, mb_attn, p_len)
+                values = response_values(m.value, mb_ids, mb_attn, p_len, m.value_scale)
             logp = L.logprobs_from_logits(logits, ro.tokens[mb, :t])
             pg_loss, pg_stats = L.policy_loss(logp, ro.logprobs[mb, :t], adv[mb, :t], mask, pc.clip_coef)
             vf_loss, vf_stats = L.value_loss(values, sc.values[mb, :t], returns[mb, :t], mask, pc.clip_range_value)
@@ -340,9 +357,11 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
     state = checkpoints.resume(ckpt_dir, key, stage, prefix="update")
     first = restore(m, st, state) if state is not None else 1
 
+    n = pc.samples_per_prompt  # responses per prompt, from one prompt each: batch_size // n prompts per rollout
     for update in tqdm(range(first, pc.updates + 1), desc=stage, unit="update", mininterval=2):
         t0, where = time.time(), f"update {update}"
-        idx, st.order = next_indices(st.order, len(prompts), pc.batch_size, st.rng)  # the next prompts of a seeded shuffle
+        idx, st.order = next_indices(st.order, len(prompts), pc.batch_size // n, st.rng)  # the next prompts, seeded
+        idx = [i for i in idx for _ in range(n)]
         m.policy.eval()
         ro = rollout(m.policy, tok, [prompts[i] for i in idx], [prompt_ids[i] for i in idx], pc, autocast)  # 1.
         sc = score_and_kl(m, ro, pc, st.kl_ctl.value, autocast, where)                                      # 2.
@@ -371,15 +390,36 @@ def greedy_answers(model, tokenizer, prompts: list[str], system_prompt: str, pc:
 
 
 # ------------------------------------------------------------------------------------ the stage
-def load_models(cfg: Config) -> Models:
-    """Policy and reference from SFT, value model and scorer from the reward model."""
+def load_models(cfg: Config, pc: PPOConfig) -> Models:
+    """Policy and reference from SFT, value model and scorer from the reward model.
+
+    ``pc.lora_rank`` > 0: the policy is a LoRA adapter (peft) on the SFT model, and the reference
+    is the same network with the adapter disabled (no second copy); else the policy is the SFT
+    model with its bottom ``pc.freeze_layers`` frozen, and the reference a frozen copy. The value
+    model is the reward model with its bottom ``pc.value_freeze_layers`` frozen, on the reward's scale.
+    """
     policy, tok = load_model_dir(cfg.out_dir("sft"))
-    ref, _ = load_model_dir(cfg.out_dir("sft"))
-    ref.requires_grad_(False).eval()
+    if pc.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        policy = get_peft_model(policy, LoraConfig(r=pc.lora_rank, lora_alpha=pc.lora_alpha, lora_dropout=0.0,
+                                                   target_modules=list(pc.lora_targets), bias="none"))
+        ref = None
+    else:
+        freeze_bottom(policy, pc.freeze_layers)
+        ref, _ = load_model_dir(cfg.out_dir("sft"))
+        ref.requires_grad_(False).eval()
     value, _ = load_model_dir(cfg.out_dir("reward"), kind="sequence-classification")
+    freeze_bottom(value, pc.value_freeze_layers)
     scorer = RewardScorer(cfg.out_dir("reward"), cfg.common.system_prompt)
     scorer.model.requires_grad_(False)
-    return Models(policy, ref, value, scorer, tok)
+    return Models(policy, ref, value, scorer, tok, value_scale=scorer.scale)
+
+
+def plain_policy(m: Models):
+    """The trained policy as a plain model (a LoRA adapter merged into its weights): what is saved,
+    registered and served."""
+    return m.policy.merge_and_unload() if m.ref is None else m.policy
 
 
 def _gold_if_builtin(prompt_records: list[dict]):
@@ -401,11 +441,12 @@ def run(cfg: Config, stage: str = "ppo") -> dict:
     train_t, eval_t = split_records(read_jsonl(cfg.data_dir / FILES["pretrain"]), cfg.common.eval_fraction, seed)
     if not train_p:
         raise DataError(f"{cfg.data_dir / FILES['prompts']}: no training prompts after the user split (is the file empty?)")
-    m = load_models(cfg)
+    m = load_models(cfg, pc)
     use_bf16 = cfg.common.bf16 and bf16_supported()
     if torch.cuda.is_available():
         for model in (m.policy, m.ref, m.value, m.scorer.model):
-            model.cuda()
+            if model is not None:
+                model.cuda()
     autocast = autocast_for(use_bf16)
     print(f"[{stage}] {len(train_p)} train prompts, {pc.updates} updates x {pc.batch_size} responses, "
           f"kl_coef {pc.kl_coef} ({pc.kl_estimator}{', adaptive' if pc.target_kl else ''}), ptx_coef {pc.ptx_coef}, "
@@ -426,24 +467,27 @@ def run(cfg: Config, stage: str = "ppo") -> dict:
                     stage=stage)
     seconds = time.time() - t0
     csv, png = write_curves(history, cfg.plots_dir(stage), f"{stage}: kl_coef {pc.kl_coef}, ptx_coef {pc.ptx_coef}")
-    mlflow.log_artifact(str(png), artifact_path="plots")
-    mlflow.log_artifact(str(csv), artifact_path="plots")
+    for f in (png, csv, png.with_name("overoptimisation.png")):
+        if f.exists():
+            mlflow.log_artifact(str(f), artifact_path="plots")
 
     # Held-out: greedy answers of the policy vs SFT on eval prompts (gold reward), LM loss on eval texts.
     prompts = [r["prompt"] for r in eval_p[: pc.eval_prompts]]
     final = {}
     if prompts and gold is not None:
         ours = greedy_answers(m.policy, m.tokenizer, prompts, cfg.common.system_prompt, pc)
-        sft = greedy_answers(m.ref, m.tokenizer, prompts, cfg.common.system_prompt, pc)
+        with reference(m) as ref:
+            sft = greedy_answers(ref, m.tokenizer, prompts, cfg.common.system_prompt, pc)
         g_ours, g_sft = [gold(p, r) for p, r in zip(prompts, ours)], [gold(p, r) for p, r in zip(prompts, sft)]
         final.update({"heldout_win_rate_vs_sft": win_rate(g_ours, g_sft),
                       "heldout_gold_reward": sum(g_ours) / len(g_ours), "heldout_gold_reward_sft": sum(g_sft) / len(g_sft)})
     texts = [r["text"] for r in eval_t[: pc.eval_texts]]
-    final.update({"heldout_lm_loss": heldout_nll(m.policy, m.tokenizer, texts, pc.ptx_max_length),
-                  "heldout_lm_loss_sft": heldout_nll(m.ref, m.tokenizer, texts, pc.ptx_max_length)})
+    final["heldout_lm_loss"] = heldout_nll(m.policy, m.tokenizer, texts, pc.ptx_max_length)
+    with reference(m) as ref:
+        final["heldout_lm_loss_sft"] = heldout_nll(ref, m.tokenizer, texts, pc.ptx_max_length)
     last = history[-1] if history else {}
     out = cfg.out_dir(stage)
-    save_model_dir(m.policy, m.tokenizer, out, extra={"rlhf_ppo.json": json.dumps(
+    save_model_dir(plain_policy(m), m.tokenizer, out, extra={"rlhf_ppo.json": json.dumps(
         {"stage": stage, "ptx_coef": pc.ptx_coef, "updates": pc.updates, **final}, indent=2) + "\n"})
     version = register_model(out, cfg, stage, description=(
         f"{'PPO-ptx' if pc.ptx_coef else 'PPO'} from sft, {pc.updates} updates, kl_coef {pc.kl_coef}, "

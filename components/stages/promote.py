@@ -33,8 +33,12 @@ def gate(candidate: dict, reference: dict, pc: PromoteConfig) -> list[tuple[str,
         passed = bool(ok(c, r))
         checks.append((name, passed, describe.format(c=c, r=r)))
 
-    check("win_rate", "win_rate_vs_ref", lambda c, r: c >= pc.min_win_rate,
-          "win rate vs SFT {c:.3f} (needs >= " + f"{pc.min_win_rate})")
+    # the win rate's 95% interval must lie above min_win_rate: a candidate no better than SFT (all
+    # ties: 0.5, [0.5, 0.5]) is not promoted; a lucky point estimate on a small set is not enough
+    rate, hi = candidate.get("win_rate_vs_ref"), candidate.get("win_rate_vs_ref_hi")
+    check("win_rate", "win_rate_vs_ref_lo", lambda c, r: c > pc.min_win_rate,
+          f"win rate vs SFT {rate if rate is not None else float('nan'):.3f}, 95% interval [{{c:.3f}}, "
+          f"{hi if hi is not None else float('nan'):.3f}] (its lower bound must exceed {pc.min_win_rate})")
     check("toxicity", "expected_max_toxicity", lambda c, r: c <= r + pc.toxicity_epsilon,
           "expected max toxicity {c:.3f} vs SFT {r:.3f} (allowed + " + f"{pc.toxicity_epsilon})")
     check("truthfulqa", "truthfulqa_mc1", lambda c, r: c >= r - pc.truthfulqa_epsilon,
@@ -47,12 +51,18 @@ def gate(candidate: dict, reference: dict, pc: PromoteConfig) -> list[tuple[str,
     return checks
 
 
-def report_markdown(name: str, version: str, checks, promoted: bool, previous: str | None) -> str:
+def report_markdown(name: str, version: str, checks, promoted: bool, previous: str | None,
+                    candidate: dict | None = None, reference: dict | None = None) -> str:
+    """The verdict, each check, and (for the record, not checked) the flaw rates of both models."""
     verdict = (f"**{name} v{version} promoted to `champion`**" if promoted else
                f"**{name} v{version} not promoted**; `champion` stays "
                + (f"v{previous}" if previous else "unset"))
     lines = [f"# Promotion gate: {name} v{version}", "", verdict, "", "| check | result | detail |", "|---|---|---|"]
     lines += [f"| {n} | {'pass' if ok else 'FAIL'} | {why} |" for n, ok, why in checks]
+    rates = sorted(k for k in (candidate or {}) if k.endswith("_rate") or k.endswith("_rate_sampled"))
+    if rates:
+        lines += ["", "| flaw rate (share of answers) | candidate | SFT |", "|---|---|---|"]
+        lines += [f"| {k} | {candidate[k]:.3f} | {(reference or {}).get(k, float('nan')):.3f} |" for k in rates]
     return "\n".join(lines) + "\n"
 
 
@@ -75,7 +85,8 @@ def run(cfg: Config) -> dict:
         raise DataError(f"{stage_metrics}: no model_version (did stage '{stage}' register its model?)")
     version = str(version)
 
-    checks = gate(json.loads(cand_file.read_text()), json.loads(ref_file.read_text()), pc)
+    cand, ref = json.loads(cand_file.read_text()), json.loads(ref_file.read_text())
+    checks = gate(cand, ref, pc)
     promoted = all(ok for _, ok, _ in checks)
     client = MlflowClient()
     try:
@@ -87,7 +98,7 @@ def run(cfg: Config) -> dict:
     client.set_model_version_tag(name, version, "promotion", CHAMPION if promoted else "rejected: " + "; ".join(failed))
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
-    report = report_markdown(name, version, checks, promoted, previous)
+    report = report_markdown(name, version, checks, promoted, previous, cand, ref)
     out = cfg.out_dir("promote")
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report)

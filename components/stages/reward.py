@@ -27,16 +27,17 @@ import torch
 
 from components.core import checkpoints, distributed, faults
 from components.core.config import Config
-from components.core.data import FILES, next_indices, read_jsonl, split_records, take
+from components.core.data import FILES, next_indices, read_jsonl
 from components.core.encode import encode_pair
 from components.core.env import set_offline_env
 from components.core.errors import ConfigError, DataError, ModelError
-from components.core.models import autocast_for, bf16_supported, load_model_dir, save_model_dir
+from components.core.models import autocast_for, bf16_supported, freeze_bottom, load_model_dir, save_model_dir
 from components.core.plots import PROMPT_TYPES, write_collapse_plot
 from components.core.registry import register_model
 from components.core.scoring import raw_rewards, score_raw
 from components.core.stage import stage_main
-from components.core.tracking import data_version, log_metrics, params_hash_of
+from components.core.tracking import data_version, file_md5, log_metrics, params_hash_of
+from components.datasets import preferences, synth
 from components.maths.collapse import collapse_curves, curve_distance, two_point_share
 from components.maths.reward_losses import kwise_loss, pair_mask, pairwise_accuracy
 
@@ -97,7 +98,10 @@ def encode_comparisons(recs: list[dict], tokenizer, cfg: Config, type_to_id: dic
             ids.append(x)
             truncated += cut
         ptype = rec.get("prompt_type") or "unknown"
-        items.append({"ids": ids, "ranks": rec["ranks"], "utility_id": type_to_id[ptype], "prompt_type": ptype})
+        task = synth.parse_task(rec["prompt"])
+        groups = (rec.get(preferences.SOURCE, "data"), *((task.family,) if task else ()))
+        items.append({"ids": ids, "ranks": rec["ranks"], "utility_id": type_to_id[ptype], "prompt_type": ptype,
+                      "groups": groups})
     return items, truncated
 
 
@@ -115,21 +119,13 @@ def load_reward_backbone(path: Path):
     return model, tokenizer
 
 
-def freeze_bottom(model, n_layers: int) -> None:
-    """Freeze the embeddings and the first n transformer layers: no backward through them (faster)."""
-    if n_layers <= 0:
-        return
-    base = model.base_model
-    base.embed_tokens.requires_grad_(False)
-    for layer in base.layers[:n_layers]:
-        layer.requires_grad_(False)
-
-
 @torch.no_grad()
 def evaluate(model, items: list[dict], pad_id: int, utilities, rc, autocast) -> dict:
-    """Held-out pairwise accuracy (ties excluded), loss, reward stats and per-prompt rewards."""
+    """Pairwise accuracy (ties excluded) over ``items``, overall and per group (each item's
+    ``groups``: its source and task family), loss, reward stats and per-prompt rewards."""
     model.eval()
     correct = total = 0
+    by_group: dict[str, list[int]] = {}
     losses, all_r, per_prompt = [], [], []
     bs = rc.prompts_per_batch
     for i in range(0, len(items), bs):
@@ -145,11 +141,16 @@ def evaluate(model, items: list[dict], pad_id: int, utilities, rc, autocast) -> 
             rr = r[k][b.mask[k]].tolist()
             all_r.extend(rr)
             per_prompt.append((it["prompt_type"], [1 / (1 + math.exp(-x)) for x in rr]))
+            ck, tk = pairwise_accuracy(r[k: k + 1], b.ranks[k: k + 1], b.mask[k: k + 1])
+            for g in it.get("groups", ()):
+                acc = by_group.setdefault(g, [0, 0])
+                acc[0], acc[1] = acc[0] + ck, acc[1] + tk
     model.train()
     t = torch.tensor(all_r) if all_r else torch.zeros(1)
     return {"accuracy": correct / total if total else float("nan"), "pairs": total,
             "loss": sum(losses) / max(1, len(items)), "reward_mean": float(t.mean()), "reward_std": float(t.std()),
-            "per_prompt": per_prompt}
+            "per_prompt": per_prompt,
+            "groups": {g: (c / n if n else float("nan"), n) for g, (c, n) in sorted(by_group.items())}}
 
 
 def batch_share(loss: torch.Tensor, diag: dict, b: Batch) -> tuple[torch.Tensor, float, dict, int]:
@@ -250,15 +251,20 @@ def train(model, train_items: list[dict], rc, pad_id: int, utilities: tuple[str,
     return {"seconds": time.time() - t0, "steps": total, "answers": seen_answers, "loss": loss_sum / max(1, total)}
 
 
+def _md5_or_none(path) -> str | None:
+    return file_md5(path) if path.exists() else None
+
+
 def run(cfg: Config) -> dict:
     """Train the reward model on comparisons; write ``outputs/reward``; register ``reward-model``."""
     set_offline_env()
     rc = cfg.reward
-    comps = read_jsonl(cfg.data_dir / FILES["comparisons"])
-    train_recs, eval_recs = split_records(comps, cfg.common.eval_fraction, cfg.common.seed)
-    train_recs = take(train_recs, rc.max_samples)
+    sources = preferences.sources(cfg.data_dir / FILES["comparisons"], cfg.out_dir("rank") / FILES["comparisons"])
+    train_recs, eval_recs = preferences.training_split(sources, cfg.common.eval_fraction, cfg.common.seed,
+                                                       rc.corruption_share, rc.max_samples)
     if not train_recs:
         raise DataError(f"{cfg.data_dir / FILES['comparisons']}: no training comparisons after the user split (is the file empty?)")
+    counts = {name: sum(r[preferences.SOURCE] == name for r in train_recs) for name in sources}
     torch.manual_seed(cfg.common.seed)  # the fresh scalar head is drawn from the global RNG
     model, tokenizer = load_reward_backbone(cfg.out_dir("sft"))
     freeze_bottom(model, rc.freeze_layers)
@@ -273,11 +279,13 @@ def run(cfg: Config) -> dict:
     autocast = autocast_for(use_bf16)
     model.to(distributed.state().device)  # joins the process group under `accelerate launch`
     n_answers = sum(len(it["ids"]) for it in train_items)
-    print(f"[reward] {len(train_items)} train / {len(eval_items)} eval prompts ({n_answers} answers), "
+    print(f"[reward] {len(train_items)} train prompts ({', '.join(f'{k} {v}' for k, v in counts.items())}) / "
+          f"{len(eval_items)} held out ({n_answers} answers), "
           f"{rc.total_steps(len(train_items), rc.prompts_per_batch)} steps, utilities {dict(rc.utility)}, bf16={use_bf16}", flush=True)
     ckpt_dir = cfg.out_dir("checkpoints") / STAGE
     stats = train(model, train_items, rc, tokenizer.pad_token_id, utilities, cfg.common.seed, autocast=autocast,
-                  ckpt_dir=ckpt_dir, ckpt_key={"params_hash": params_hash_of(cfg, STAGE), "data_version": data_version()},
+                  ckpt_dir=ckpt_dir, ckpt_key={"params_hash": params_hash_of(cfg, STAGE), "data_version": data_version(),
+                                               "rankings": _md5_or_none(cfg.out_dir("rank") / FILES["comparisons"])},
                   log=(lambda m, step: log_metrics(STAGE, m, step=step)) if distributed.is_main() else None)
     seconds, seen_answers, total = stats["seconds"], stats["answers"], stats["steps"]
     if not distributed.is_main():  # another rank of `accelerate launch`: rank 0 scores, saves and registers
@@ -294,8 +302,14 @@ def run(cfg: Config) -> dict:
     model.config.rlhf_reward = {"bounded": rc.bounded, "bias": bias, "utility": dict(rc.utility),
                                 "max_length": rc.max_length, "micro_batch_tokens": rc.eval_batch_size * rc.max_length}
 
-    ev = evaluate(model, eval_items or train_items[:64], tokenizer.pad_token_id, utilities, rc, autocast)
-    per_prompt = ev.pop("per_prompt")
+    # accuracy on held-out users' rankings; named train_subset_* (never val_*) when nothing is held out
+    heldout = bool(eval_items)
+    if not heldout:
+        print("[reward] warning: no held-out comparisons (too few users for common.eval_fraction): the accuracy below "
+              "is on 64 training prompts, reported as train_subset_accuracy", flush=True)
+    ev = evaluate(model, eval_items if heldout else train_items[:64], tokenizer.pad_token_id, utilities, rc, autocast)
+    per_prompt, groups = ev.pop("per_prompt"), ev.pop("groups")
+    acc = "val" if heldout else "train_subset"
     curves, shapes = collapse_curves(per_prompt), collapse_curves(per_prompt, shape=True)
     distance = curve_distance(shapes)  # open vs closed, shape only
     plots = cfg.plots_dir(STAGE)
@@ -307,17 +321,21 @@ def run(cfg: Config) -> dict:
     mlflow.log_artifact(str(png), artifact_path="plots")
     mlflow.log_artifact(str(csv), artifact_path="plots")
     version = register_model(out, cfg, STAGE, description=(
-        f"K-wise reward model from sft; held-out pairwise accuracy {ev['accuracy']:.3f}; utilities {dict(rc.utility)}"))
+        f"K-wise reward model from sft; {acc} pairwise accuracy {ev['accuracy']:.3f}; utilities {dict(rc.utility)}"))
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoint only matters for resuming
-    metrics = {"val_accuracy": ev["accuracy"], "val_pairs": ev["pairs"], "val_loss": ev["loss"],
+    metrics = {f"{acc}_accuracy": ev["accuracy"], f"{acc}_pairs": ev["pairs"], f"{acc}_loss": ev["loss"],
+               **{f"{acc}_accuracy_{g}": a for g, (a, _) in groups.items()},
+               **{f"{acc}_pairs_{g}": n for g, (_, n) in groups.items()},
+               **{f"n_train_{k}": v for k, v in counts.items()},
                "reward_mean": ev["reward_mean"], "reward_std": ev["reward_std"], "demo_bias": bias,
                "collapse_distance": distance, "collapse_distance_sigmoid": curve_distance(curves),
                **{f"two_point_share_{t}": v for t, v in two_point_share(per_prompt).items()},
                "train_loss": stats["loss"], "train_seconds": round(seconds, 1), "steps": total,
                "answers_per_second": seen_answers / seconds, "n_train": len(train_items), "n_eval": len(eval_items),
                "model_version": int(version.version)}
-    print(f"[reward] held-out pairwise accuracy {ev['accuracy']:.3f} on {ev['pairs']} pairs; collapse distance "
-          f"{distance:.3f}; plot {png}; registered reward-model v{version.version}", flush=True)
+    print(f"[reward] {'held-out' if heldout else 'training-subset'} pairwise accuracy {ev['accuracy']:.3f} on "
+          f"{ev['pairs']} pairs (" + ", ".join(f"{g} {a:.3f}/{n}" for g, (a, n) in groups.items()) + f"); collapse "
+          f"distance {distance:.3f}; plot {png}; registered reward-model v{version.version}", flush=True)
     return metrics
 
 
