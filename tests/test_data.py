@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from components.core.data import iter_jsonl, read_jsonl, split_records, write_jsonl
@@ -18,6 +20,44 @@ def test_jsonl_errors_name_file_and_line(tmp_path):
         read_jsonl(p)
     with pytest.raises(DataError, match="file not found"):
         read_jsonl(tmp_path / "missing.jsonl")
+
+
+
+@pytest.mark.parametrize("line,why", [
+    ('{"id": "a", "prompt": ' + "[" * 40 + "]" * 40 + "}", "arrays or objects nested more than 32 levels deep"),
+    ('{"id": "a", "prompt": ' + "[" * 100000 + "]" * 100000 + "}", "arrays or objects nested too deeply"),
+    ('{"id": "a", "ranks": [' + "9" * 5000 + "]}", "an integer with more digits than Python converts (4300)"),
+], ids=["deeper_than_32", "past_the_recursion_limit", "integer_of_5000_digits"])
+def test_jsonl_refuses_what_python_json_cannot_hold_naming_the_line(tmp_path, line, why):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"id": "ok", "prompt": [[["three levels deep is fine"]]]}\n' + line + "\n")
+    with pytest.raises(DataError, match=re.escape(f"x.jsonl:2: not valid JSON ({why}")):
+        read_jsonl(p)
+
+def test_jsonl_accepts_a_leading_bom_and_refuses_lone_surrogates_and_duplicate_keys_naming_line_and_field(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"id": "a"}\n{"id": "b"}\n')  # as Excel and Notepad save UTF-8
+    assert read_jsonl(p) == [{"id": "a"}, {"id": "b"}]
+    p.write_bytes(b'{"id": "a"}\n\xef\xbb\xbf{"id": "b"}\n')  # two files joined
+    with pytest.raises(DataError, match=r"x.jsonl:2: starts with a byte-order mark \(U\+FEFF\), which only the start "
+                                        r"of a file may have"):
+        read_jsonl(p)
+    p.write_bytes(b'{"id": "a", "prompt": "x", "prompt": "y"}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:1: the key 'prompt' appears twice in one object"):
+        read_jsonl(p)
+    p.write_bytes(b'{"id": "a"}\n{"id": "b", "prompt": "ok\\ud800"}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:2: field 'prompt' holds a lone surrogate U\+D800 at position 2"):
+        read_jsonl(p)
+    p.write_bytes(b'{"id": "a", "responses": ["x", "\\udc00y"]}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:1: field 'responses\[1\]' holds a lone surrogate U\+DC00 at position 0"):
+        read_jsonl(p)
+    p.write_bytes(b'{"id": "a", "meta": {"\\ud800": 1}}\n')
+    with pytest.raises(DataError, match=r"x.jsonl:1: the key 'meta.\\ud800' holds a lone surrogate"):
+        read_jsonl(p)
+    # a surrogate pair is one character; a BOM inside a value and non-characters are text to the reader (the
+    # data gate refuses them)
+    p.write_bytes(b'{"id": "a", "text": "\\ud83d\\ude00 \\ufeff \\uffff"}\n')
+    assert read_jsonl(p) == [{"id": "a", "text": "\U0001f600 \ufeff \uffff"}]
 
 
 def test_write_is_atomic_and_round_trips(tmp_path):

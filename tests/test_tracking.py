@@ -103,3 +103,70 @@ def test_registration_through_a_tracking_server_with_database_and_artifact_store
         assert (Path(local) / "model" / "model.safetensors").exists()
     finally:
         procs.stop(server)
+
+
+def test_process_tags_tell_a_live_process_from_a_dead_or_reused_pid():
+    import os
+
+    tags = tracking.process_tags()
+    assert tags[tracking.PID_TAG] == str(os.getpid())
+    assert tracking._gone(tags) is None  # this process: alive
+    assert tracking._gone({**tags, tracking.STARTED_TAG: "12.00"}) == \
+        f"process {os.getpid()} no longer exists (the pid now belongs to another process)"
+    assert tracking._gone({**tags, tracking.BOOT_TAG: "1"}) == "the machine rebooted since"
+    assert tracking._gone({**tags, tracking.HOST_TAG: "another-machine"}) is None  # not ours to judge
+    assert tracking._gone({}) is None  # a run without process tags (opened by other code)
+    free = max(int(p) for p in os.listdir("/proc") if p.isdigit()) + 10_000
+    assert tracking._gone({**tags, tracking.PID_TAG: str(free)}) == f"process {free} no longer exists"
+
+
+KILLED_STAGE = """
+import os, signal, sys
+import mlflow
+from components.core import tracking
+from components.core.config import load_config
+cfg = load_config(overrides=["common.experiment=test-abandoned"])
+with tracking.stage_run(cfg, sys.argv[1]) as run:
+    with mlflow.start_run(run_name="eval-x", nested=True) as kid:  # nested, same process (as evaluate's)
+        print(run.info.run_id, kid.info.run_id, flush=True)
+        if sys.argv[2] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        sys.stdin.read()  # the live one: runs until its stdin closes
+"""
+
+
+@pytest.mark.slow
+def test_a_run_left_running_by_a_killed_process_is_marked_failed_with_the_reason(isolated_mlflow, tmp_path):
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    from components.core.config import ROOT
+
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    live = subprocess.Popen([sys.executable, "-c", KILLED_STAGE, "reward", "live"], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        live_run, live_kid = live.stdout.readline().split()
+        killed = subprocess.run([sys.executable, "-c", KILLED_STAGE, "sft", "kill"], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        dead_run, dead_kid = killed.stdout.split()
+        client = MlflowClient(isolated_mlflow)
+        assert client.get_run(dead_run).info.status == "RUNNING"  # what SIGKILL leaves
+        cfg = load_config(overrides=["common.experiment=test-abandoned"])
+        with tracking.stage_run(cfg, "sft") as rerun:  # the next run of any stage on this host
+            pass
+        got = client.get_run(dead_run)
+        assert got.info.status == "FAILED" and got.info.end_time
+        reason = got.data.tags[tracking.ABANDONED_TAG]
+        assert reason.startswith(f"process {got.data.tags[tracking.PID_TAG]} no longer exists: it ended without closing "
+                                 "this run (killed: SIGKILL, out of memory or a reboot)")
+        kid = client.get_run(dead_kid)
+        assert kid.info.status == "FAILED" and kid.data.tags[tracking.ABANDONED_TAG].startswith(f"its parent run {dead_run}")
+        assert client.get_run(live_run).info.status == client.get_run(live_kid).info.status == "RUNNING"  # alive: kept
+        assert client.get_run(rerun.info.run_id).info.status == "FINISHED"
+    finally:
+        live.stdin.close()
+        live.wait(timeout=120)
+    assert client.get_run(live_run).info.status == "FINISHED"

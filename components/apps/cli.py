@@ -19,16 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from components.core.config import ROOT, load_config, redact_uri, render_params, resolve, set_params
+from components.core.config import ROOT, load_config, render_params, resolve, set_params
 from components.core.env import set_offline_env
-from components.core.errors import INPUT_ERRORS, DataError, ServiceError, exit_code
+from components.core.errors import EXIT_BAD_INPUT, EXIT_BAD_PARAMS, INPUT_ERRORS, DataError, ServiceError, exit_code
 from components.core.pipeline import dvc
 from components.core.registry import resolve_model
-from components.core.tracking import stage_run, tracking_uri, write_metrics
+from components.core.tracking import stage_run, write_metrics
 
 # Stages, the data sets and the flow import torch, transformers, great-expectations or Prefect:
 # the commands import them when they run, so that `rlhf params` or `rlhf --help` start at once.
@@ -86,10 +85,12 @@ def cmd_data_import(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from components.datasets.rules import report_dirs
     from components.stages import validate
 
     cfg = load_config(overrides=_overrides(args))
-    validate.run(cfg, data_dir=args.data, report_dir=args.report_dir)
+    data_dir, report_dir = report_dirs(cfg, args.data, args.report_dir)  # another folder: not outputs/validate
+    validate.run(cfg, data_dir=data_dir, report_dir=report_dir)
     return 0
 
 
@@ -97,16 +98,26 @@ def cmd_run(args) -> int:
     from flows import stage_runner
 
     stage_runner.warm_up()  # the stages' libraries import in the background while Prefect starts
+    from flows.cache import StageFailed
     from flows.lock import project_lock
     from flows.rlhf import rlhf_pipeline
+    from flows.summary import failure_report, quiet_stage_tracebacks
 
+    if not args.debug:
+        quiet_stage_tracebacks()  # a failed stage: its own lines here, Prefect's traceback in the Prefect log only
     overrides = _overrides(args)
-    with project_lock(load_config().flow.wait_for_lock):  # params.yaml is edited only by the run holding the lock
-        if overrides:
-            changed = set_params(ROOT / "params.yaml", overrides)
-            if changed:
-                print(f"params.yaml updated (as `dvc exp run -S` would): {', '.join(changed)}")
-        rlhf_pipeline()
+    try:
+        with project_lock(load_config().flow.wait_for_lock):  # params.yaml is edited only by the run holding the lock
+            if overrides:
+                changed = set_params(ROOT / "params.yaml", overrides)
+                if changed:
+                    print(f"params.yaml updated (as `dvc exp run -S` would): {', '.join(changed)}")
+            rlhf_pipeline()
+    except StageFailed as e:
+        if args.debug:
+            raise
+        print(failure_report(e), file=sys.stderr)
+        return e.exit_code if e.exit_code in (EXIT_BAD_PARAMS, EXIT_BAD_INPUT) else 1  # 2, 3: as the stage said
     return 0
 
 
@@ -159,7 +170,10 @@ def cmd_label(args) -> int:
         print(label.report(queue, out))
         return 0
     try:
-        app = label.make_app(queue, out, seed=cfg.common.seed, labeler=args.labeler)
+        from components.datasets.rules import control_tokens_for
+
+        app = label.make_app(queue, out, seed=cfg.common.seed, labeler=args.labeler,
+                             control_tokens=control_tokens_for(cfg, "label"))
     except label.SubmissionError as e:
         raise DataError(f"--{e}") from None
     print(f"ranking page: http://{args.host}:{args.port}/?labeler={args.labeler}  (queue {queue}, "
@@ -170,13 +184,9 @@ def cmd_label(args) -> int:
 
 def cmd_ui(args) -> int:
     """The MLflow UI over the project's store, on 127.0.0.1 unless --host says otherwise."""
-    cfg = load_config()
-    uri = tracking_uri(cfg)
-    exe = Path(sys.executable).with_name("mlflow")
-    cmd = [str(exe) if exe.exists() else "mlflow", "ui", "--host", args.host, "--port", str(args.port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}  # not on the command line: `ps` shows that to everyone
-    print(f"MLflow UI: http://{args.host}:{args.port}  (store {redact_uri(uri)}; Ctrl-C to stop)", flush=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    from components.apps import serve
+
+    return serve.mlflow_ui(load_config(), args.host, args.port)
 
 
 def cmd_serve(args) -> int:
@@ -218,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     sp = with_overrides(sub.add_parser("run", help="run the whole pipeline (edits params.yaml with -S/--profile, like dvc exp run)"))
+    sp.add_argument("--debug", action="store_true", help="on a failed stage, also print Prefect's traceback")
     sp.set_defaults(func=cmd_run)
     sp = with_overrides(sub.add_parser("params", help="print the resolved configuration"))
     sp.add_argument("--defaults", action="store_true",
@@ -225,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_params)
     sp = with_overrides(sub.add_parser("validate", help="run the great-expectations gate on a data folder"))
     sp.add_argument("--data", help="data folder (default: common.data_dir)")
-    sp.add_argument("--report-dir", help="where report.json/html go (default: outputs/validate)")
+    sp.add_argument("--report-dir", help="where report.json/html go (default: outputs/validate for the pipeline's "
+                                         "data, outputs/validate_other/<folder>-<hash> for another folder)")
     sp.set_defaults(func=cmd_validate)
 
     sp = with_overrides(sub.add_parser("evaluate", help="evaluate one model: truthfulness, toxicity, NLP tasks, win rate vs SFT"))

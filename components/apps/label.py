@@ -389,14 +389,28 @@ def commit(cfg: Config, data_dir: Path | None = None) -> str:
 
 
 # ------------------------------------------------------------------------------ the ranking page
-def make_app(queue_path: Path, comparisons: Path, *, seed: int = 0, labeler: str = "labeler"):
-    """The FastAPI app of the ranking page: GET /, GET /api/next, POST /api/submit, POST /api/flag."""
+# The largest request body the ranking server reads (bytes): a submission of K = 9 answers at the gate's
+# 4000 characters each is well under it; a bigger body is refused (413) without being read into memory.
+MAX_BODY_BYTES = 1 << 20
+
+
+def make_app(queue_path: Path, comparisons: Path, *, seed: int = 0, labeler: str = "labeler",
+             control_tokens: tuple[str, ...] | None = None, max_body_bytes: int = MAX_BODY_BYTES):
+    """The FastAPI app of the ranking page: GET /, GET /api/next, POST /api/submit, POST /api/flag.
+
+    A queue whose text holds a control token of the tokenizer (``control_tokens``, default the packaged
+    SmolLM2's; ``rlhf label`` passes the configured one's) is refused before anything is served. A POST
+    body over ``max_body_bytes`` gets 413 and nothing written; it is read chunk by chunk and dropped as
+    soon as it passes the limit, so a client cannot make the server hold more than that."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.concurrency import run_in_threadpool
 
     # (no `from __future__ import annotations` in this module: FastAPI reads these annotations at runtime)
+    from components.datasets.rules import check_queue_text
+
     queue = read_queue(queue_path)
+    check_queue_text(queue_path, control_tokens)
     default = check_labeler(labeler)
     app = FastAPI(title="rlhf label", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -427,8 +441,17 @@ def make_app(queue_path: Path, comparisons: Path, *, seed: int = 0, labeler: str
         return prog | {"item": shown}
 
     async def body(request: Request) -> Any:
+        too_big = SubmissionError("body", f"larger than {max_body_bytes} bytes", 413)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            raise too_big
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > max_body_bytes:
+                raise too_big
         try:
-            return json.loads(await request.body())
+            return json.loads(bytes(data))
         except ValueError as e:
             raise SubmissionError("body", f"not valid JSON ({e})", 400) from None
 

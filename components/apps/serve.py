@@ -1,4 +1,5 @@
-"""``rlhf serve``: a registered policy behind MLflow's scoring server, on this machine only by default.
+"""``rlhf serve``: a registered policy behind MLflow's scoring server, on this machine only by default
+(and ``rlhf ui``, the MLflow UI, the other child server the command line starts).
 
 Policies are registered as MLflow chat models (``core.registry.register_model`` logs causal LMs with
 ``task="llm/v1/chat"``), so ``mlflow models serve`` takes OpenAI-style chat requests and applies
@@ -49,6 +50,30 @@ def serve_command(model: str, host: str, port: int, *, workers: int = 1, timeout
 def example_request(url: str) -> str:
     body = json.dumps({"messages": [{"role": "user", "content": "What is 17 + 25?"}], "max_tokens": 64})
     return f"curl -s {url}/invocations -H 'Content-Type: application/json' -d '{body}'"
+
+
+def ui_command(host: str, port: int) -> list[str]:
+    """The ``mlflow ui`` command line (this Python's MLflow)."""
+    exe = Path(sys.executable).with_name("mlflow")
+    return [str(exe) if exe.exists() else "mlflow", "ui", "--host", host, "--port", str(port), "--workers", "1"]
+
+
+def mlflow_ui(cfg: Config, host: str = DEFAULT_HOST, port: int = 5000) -> int:
+    """``rlhf ui``: the MLflow UI over the project's store, in the foreground until Ctrl-C / SIGTERM; the
+    UI's process tree (its uvicorn workers) is stopped on exit, so the port is free again."""
+    uri = tracking_uri(cfg)
+    # the store not on the command line (`ps` shows that to everyone); no job-execution workers (huey
+    # consumers, which outlive the server)
+    env = child_env({"MLFLOW_BACKEND_STORE_URI": uri})
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    print(f"MLflow UI: http://{host}:{port}  (store {redact_uri(uri)}; Ctrl-C to stop)", flush=True)
+    proc = start(ui_command(host, port), env=env, cwd=ROOT)
+    with stopped_on_exit(proc):
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            print("stopping the MLflow UI", flush=True)
+            return 130
 
 
 def serve(cfg: Config, model: str = DEFAULT_MODEL, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,

@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -44,7 +45,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
     Plain or gzip-compressed (recognised by its magic bytes, whatever the name). Raises DataError
     naming the file and line for a missing or unreadable file, broken gzip data, invalid UTF-8,
-    invalid JSON or a line that is not a JSON object.
+    invalid JSON, a key given twice in one object, a line that is not a JSON object, a lone
+    surrogate (a ``\\ud800`` escape) in a key or a value (naming the field), or a byte-order mark
+    at the start of a line other than the first (one at the very start of the file is accepted).
     """
     path = Path(path)
     if not path.exists():
@@ -70,16 +73,108 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start})") from None
+            if lineno == 1 and text.startswith(BOM):
+                text = text[1:]  # a UTF-8 byte-order mark at the start of the file (Excel, Notepad): accepted
             if not text.strip():
                 continue
+            if text.startswith(BOM):
+                raise DataError(f"{path}:{lineno}: {BOM_MESSAGE}")
             try:
-                rec = json.loads(text.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                rec = loads_object(text.rstrip("\r\n"))
+            except DuplicateKey as e:
+                raise DataError(f"{path}:{lineno}: {e}") from None
+            except (ValueError, RecursionError) as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({json_problem(e)})") from None
             if not isinstance(rec, dict):
                 kind = "list" if isinstance(rec, list) else type(rec).__name__
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {kind}")
+            if (bad := lone_surrogate(rec)) is not None:
+                raise DataError(f"{path}:{lineno}: {bad}")
             yield lineno, rec
+
+
+BOM = "\ufeff"
+BOM_MESSAGE = ("starts with a byte-order mark (U+FEFF), which only the start of a file may have "
+               "(were two files joined?)")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class DuplicateKey(ValueError):
+    """A JSON object gives the same key twice (``json`` would silently keep the last value)."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise DuplicateKey(f"the key '{_escaped(key)}' appears twice in one object (which value is meant?)")
+    return obj
+
+
+MAX_DEPTH = 32  # arrays/objects inside each other; the data formats need 2 (a list of strings in an object)
+
+
+class TooDeep(ValueError):
+    """A JSON value nests arrays or objects more than ``MAX_DEPTH`` levels deep."""
+
+
+def loads_object(text: str) -> Any:
+    """``json.loads`` that refuses an object giving a key twice (``DuplicateKey``) and values nested more
+    than ``MAX_DEPTH`` levels deep (``TooDeep``: every later check may walk the value recursively)."""
+    value = json.loads(text, object_pairs_hook=_object)
+    stack = [(value, 1)]
+    while stack:  # iterative: the value may be nested as deep as json's own limit
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise TooDeep(f"arrays or objects nested more than {MAX_DEPTH} levels deep")
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return value
+
+
+def json_problem(e: ValueError | RecursionError) -> str:
+    """Why ``json.loads`` refused a line, for 'not valid JSON (...)': its message and column, or what
+    Python's own limits say (an integer of more than 4300 digits, arrays or objects nested too deep)."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} at column {e.colno}"
+    if isinstance(e, RecursionError):
+        return "arrays or objects nested too deeply"
+    if "integer string conversion" in str(e):
+        return "an integer with more digits than Python converts (4300)"
+    return str(e)
+
+
+def lone_surrogate(rec: dict[str, Any]) -> str | None:
+    """Where a decoded JSON record holds a lone surrogate, as a sentence; None when it holds none.
+
+    JSON's ``\\ud800`` escape decodes to half of a UTF-16 pair, which is not a character: it cannot
+    be written back as UTF-8 nor tokenised, so a record holding one (in a key or a value) is refused.
+    """
+    for where, text in _strings(rec):
+        if m := _SURROGATE.search(text):
+            return (f"{where} holds a lone surrogate U+{ord(m.group()):04X} at position {m.start()} "
+                    f"(a \\u{ord(m.group()):04x} JSON escape without the other half of its pair): not text")
+    return None
+
+
+def _strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(where, string) for every key and string value inside a JSON value, depth first."""
+    if isinstance(value, str):
+        yield f"field '{path}'", value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else k
+            yield f"the key '{_escaped(sub)}'", k
+            yield from _strings(v, sub)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]")
+
+
+def _escaped(text: str) -> str:
+    """``text`` with each lone surrogate written as ``\\uXXXX``, so that it can be printed."""
+    return _SURROGATE.sub(lambda m: "\\u%04x" % ord(m.group()), text)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.core import tracking
+from components.core import faults, tracking
 from components.core.config import Config, redact_uri
 from components.core.errors import ModelError
 from components.core.models import load_model_dir
@@ -98,6 +98,7 @@ def register_model(model_dir: Path, cfg: Config, stage: str, *, name: str | None
         task=task,
         pip_requirements=pip_requirements(),
     )
+    faults.point("register:logged")  # a kill here: the files are logged, no version points at them
     client = MlflowClient()
     try:
         client.create_registered_model(name)
@@ -107,7 +108,8 @@ def register_model(model_dir: Path, cfg: Config, stage: str, *, name: str | None
     version = client.create_model_version(
         name=name, source=info.model_uri, run_id=run.info.run_id, model_id=info.model_id, description=description,
         tags={**tracking.lineage_tags(cfg, stage), "model_dir": str(model_dir), **(tags or {})},
-    )
+    )  # one call: the version comes with its tags, or not at all
+    faults.point("register:created")  # a kill here: a complete version, no alias moved, nothing pruned yet
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version.version)
     prune_registered_model(name, cfg)  # common.keep_versions: old, alias-free versions and their artifacts go

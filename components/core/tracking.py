@@ -6,6 +6,9 @@
 - Every run is tagged with the git commit, the data version (the md5 in data.dvc) and a hash
   of the params the stage reads (those its dvc.yaml entry lists, also the params it logs).
 - A model version is registered only after its stage wrote complete files.
+- A run's process is recorded in its tags (host, boot, pid, start time): a process killed with SIGKILL
+  (out of memory, a dying machine) cannot end its run, so the next run on that host marks a RUNNING run
+  whose process is gone FAILED, with the reason (``mark_abandoned_runs``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import json
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,9 @@ from components.core.config import ROOT, Config, params_hash
 from components.core.env import set_offline_env
 
 PARENT_RUN_ENV = "RLHF_PARENT_RUN_ID"
+# Tags naming the process that owns a run (``process_tags``) and, on a run it left RUNNING, why it was closed.
+HOST_TAG, BOOT_TAG, PID_TAG, STARTED_TAG = "rlhf_host", "rlhf_boot", "rlhf_pid", "rlhf_pid_started"
+ABANDONED_TAG = "rlhf_failure"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # The dataset context of each stage's data inputs (the runs table's Dataset column).
 DATA_CONTEXT = {"validate": "validation", "evaluate": "evaluation", "promote": "evaluation"}
@@ -80,8 +87,80 @@ def lineage_tags(cfg: Config, stage: str) -> dict[str, str]:
     }
 
 
+def process_tags() -> dict[str, str]:
+    """This process, as the tags of a run it opens: host name, boot time, pid and the pid's start time (a
+    pid is reused after its process ended; the pair is not)."""
+    import socket
+
+    import psutil
+
+    return {HOST_TAG: socket.gethostname(), BOOT_TAG: f"{psutil.boot_time():.0f}", PID_TAG: str(os.getpid()),
+            STARTED_TAG: f"{psutil.Process().create_time():.2f}"}
+
+
+def _gone(tags: dict[str, str]) -> str | None:
+    """Why the process a run's tags name has certainly ended (None: it may still run, or it is not known here)."""
+    import socket
+
+    import psutil
+
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return None  # another machine's process (or no process tags): not ours to judge
+    if tags.get(BOOT_TAG) != f"{psutil.boot_time():.0f}":
+        return "the machine rebooted since"
+    pid = int(tags[PID_TAG])
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return f"process {pid} no longer exists"
+    if abs(started - float(tags.get(STARTED_TAG) or 0)) > 1:
+        return f"process {pid} no longer exists (the pid now belongs to another process)"
+    return None
+
+
+def mark_abandoned_runs(experiment_id: str) -> list[str]:
+    """Mark FAILED every RUNNING run of the experiment whose process (``process_tags``) ended without
+    closing it — killed by SIGKILL, out of memory or a reboot — with the reason in its ``rlhf_failure``
+    tag; runs of processes still alive, or on other hosts, are left alone. Returns the run ids marked."""
+    import socket
+    from datetime import datetime, timezone
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    host = socket.gethostname().replace("'", "")
+    marked = []
+    for run in client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.{HOST_TAG} = '{host}'",
+                                  max_results=1000):
+        why = _gone(run.data.tags)
+        if why is None or run.data.tags.get(PID_TAG) == str(os.getpid()):
+            continue
+        when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        reason = (f"{why}: it ended without closing this run (killed: SIGKILL, out of memory or a reboot); "
+                  f"marked FAILED at {when} by process {os.getpid()}")
+        marked += _mark_failed(client, experiment_id, run, reason)
+    return marked
+
+
+def _mark_failed(client, experiment_id: str, run, reason: str) -> list[str]:
+    """Mark ``run`` FAILED with ``reason``, and its RUNNING nested runs that were opened by the same process
+    (no process tags of their own: e.g. the evaluate stage's eval-<model> runs); returns their ids."""
+    client.set_tag(run.info.run_id, ABANDONED_TAG, reason)
+    client.set_terminated(run.info.run_id, status="FAILED")
+    print(f"[tracking] run {run.info.run_id} ({run.data.tags.get('stage', run.info.run_name)}) was left RUNNING: "
+          f"{reason}", flush=True)
+    marked = [run.info.run_id]
+    kids = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and "
+                                               f"tags.mlflow.parentRunId = '{run.info.run_id}'", max_results=1000)
+    for kid in kids:
+        if PID_TAG not in kid.data.tags:
+            marked += _mark_failed(client, experiment_id, kid, f"its parent run {run.info.run_id} was abandoned: {reason}")
+    return marked
+
+
 def setup(cfg: Config):
-    """Point MLflow at the project's store and experiment; returns the mlflow module."""
+    """Point MLflow at the project's store and experiment (runs abandoned by a killed process there are
+    marked FAILED first: ``mark_abandoned_runs``); returns the mlflow module."""
     set_offline_env()
     import mlflow
 
@@ -100,6 +179,7 @@ def setup(cfg: Config):
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         # the UI opens the experiment on its model-training view (runs, metrics), not on GenAI traces
         mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    mark_abandoned_runs(experiment.experiment_id)
     return mlflow
 
 
@@ -111,7 +191,7 @@ def stage_run(cfg: Config, stage: str) -> Iterator[Any]:
     """
     mlflow = setup(cfg)
     parent = os.environ.get(PARENT_RUN_ENV)
-    tags = lineage_tags(cfg, stage)
+    tags = lineage_tags(cfg, stage) | process_tags()
     if parent:
         tags["mlflow.parentRunId"] = parent
     with mlflow.start_run(run_name=stage, tags=tags) as run:
@@ -158,7 +238,10 @@ def log_data_inputs(cfg: Config, stage: str) -> None:
     from mlflow.data.meta_dataset import MetaDataset
 
     for name, path, md5 in data_inputs(cfg, stage):
-        ds = MetaDataset(source=resolve_dataset_source(str(path)), name=name, digest=md5)
+        with warnings.catch_warnings():  # a local path matches two registered source types, both the same class
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+            source = resolve_dataset_source(str(path))
+        ds = MetaDataset(source=source, name=name, digest=md5)
         mlflow.log_input(ds, context=DATA_CONTEXT.get(stage, "training"))
 
 

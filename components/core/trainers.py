@@ -1,5 +1,11 @@
 """What the Trainer-based stages (sft, dpo) share: arguments from params, MLflow logging,
-resume from the last checkpoint, and finishing (atomic save, then registration)."""
+resume from the last checkpoint, and finishing (atomic save, then registration).
+
+A Trainer checkpoint is resumed from only when it was written with the run's ``resume_key`` (the
+stage's params hash and the data version, as ``core/checkpoints.py`` keys the reward and PPO ones):
+each ``checkpoint-N`` folder gets a ``rlhf_resume_key.json`` once Trainer has written it, and a
+checkpoint of other params or data is dropped with a line saying so, never resumed from.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,13 @@ from pathlib import Path
 from components.core import faults
 from components.core.config import Config, TrainerSection
 from components.core.distributed import world_size
-from components.core.encode import chat_ids
+from components.core.encode import chat_ids, control_pattern, control_tokens
 from components.core.errors import ConfigError, DataError
 from components.core.models import bf16_supported, save_model_dir
 from components.core.registry import register_model
-from components.core.tracking import log_metrics
+from components.core.tracking import data_version, log_metrics, params_hash_of
+
+KEY_FILE = "rlhf_resume_key.json"
 
 
 def total_steps(s: TrainerSection, n_train: int) -> int:
@@ -59,7 +67,9 @@ def check_lengths(stage: str, tokenizer, rows: list[dict], max_length: int, sour
     (a warning), and a row whose prompt alone fills ``max_length`` has no answer token left and is
     dropped (a warning naming the rows). When every row would be dropped the stage is refused.
     ``rows`` are TRL conversational rows (``prompt`` + ``completion``, or ``chosen``/``rejected``).
+    Rows whose text holds a control token are refused first (``check_control_tokens``).
     """
+    check_control_tokens(stage, tokenizer, rows, source, ids)
     cut, dropped = [], []
     for i, row in enumerate(rows):
         name = str(ids[i]) if ids else f"#{i + 1}"
@@ -80,6 +90,35 @@ def check_lengths(stage: str, tokenizer, rows: list[dict], max_length: int, sour
               f"{stage}.max_length={max_length} tokens or more: no answer token is left, they are dropped "
               f"(first: {', '.join(dropped[:5])})", flush=True)
     return {"truncated": len(cut), "dropped": len(dropped)}
+
+
+# Which data field a TRL row's messages come from (the system message is common.system_prompt).
+ROW_FIELDS = {"completion": "response", "chosen": "responses (chosen)", "rejected": "responses (rejected)"}
+
+
+def check_control_tokens(stage: str, tokenizer, rows: list[dict], source: Path, ids: list[str] | None = None) -> None:
+    """Refuse rows whose text holds a control token of ``tokenizer`` (DataError naming the file, row, field and token).
+
+    TRL's trainers tokenise the rows themselves, with the chat template: text holding ``<|im_start|>``
+    would become that token, so a demonstration could write its own system turn. The data gate refuses
+    such text (rule ``no_control_tokens``); this is the same rule where the gate was bypassed (a stage run
+    alone on other data). The ids the project builds itself never hold one (``core/encode.py``).
+    """
+    pattern = control_pattern(control_tokens(tokenizer))
+    bad = []
+    for i, row in enumerate(rows):
+        for key in ("prompt", "completion", "chosen", "rejected"):
+            for msg in row.get(key) or []:
+                m = pattern.search(msg.get("content") or "")
+                if m:
+                    field = "common.system_prompt" if msg.get("role") == "system" else ROW_FIELDS.get(key, key)
+                    bad.append((str(ids[i]) if ids else f"row {i + 1}", field, m))
+    if bad:
+        name, field, m = bad[0]
+        more = f" ({len(bad)} texts hold one)" if len(bad) > 1 else ""
+        raise DataError(f"{source} [{name}] {field}: holds the control token {m.group()!r} at position {m.start()}, "
+                        f"which the chat template would encode as that token (only the template may write it){more}; "
+                        "`rlhf validate` lists every such record (rule no_control_tokens)")
 
 
 def mlflow_callback(stage: str):
@@ -128,19 +167,52 @@ def nonfinite_callback(trainer, ckpt_dir: Path, stage: str):
     return NonFiniteGuard()
 
 
-def last_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest complete checkpoint: Trainer writes trainer_state.json last, so a folder without it
-    is one a kill interrupted mid-write (resuming from it would fail; the previous one is used)."""
-    ckpts = sorted((p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
-                   key=lambda p: int(p.name.split("-")[-1])) if ckpt_dir.exists() else []
-    return ckpts[-1] if ckpts else None
+def resume_key(cfg: Config, stage: str) -> dict[str, str]:
+    """What a checkpoint must have been written with to be resumed from: the params the stage declares
+    (their hash) and the data version."""
+    return {"stage": stage, "params_hash": params_hash_of(cfg, stage), "data_version": data_version()}
 
 
-def resume_callback():
+def _checkpoints(ckpt_dir: Path) -> list[Path]:
+    return sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                  key=lambda p: int(p.name.split("-")[-1])) if ckpt_dir.exists() else []
+
+
+def _written_with(ckpt: Path) -> dict | None:
+    try:
+        return json.loads((ckpt / KEY_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def last_checkpoint(ckpt_dir: Path, key: dict | None = None) -> Path | None:
+    """The newest complete checkpoint (written with ``key``, when one is given). Trainer writes
+    trainer_state.json last and ``rlhf_resume_key.json`` comes after it, so a folder without them is one
+    a kill interrupted mid-write (resuming from it would fail; the previous one is used)."""
+    done = [p for p in _checkpoints(ckpt_dir) if (p / "trainer_state.json").exists()
+            and (key is None or _written_with(p) == key)]
+    return done[-1] if done else None
+
+
+def drop_stale_checkpoints(ckpt_dir: Path, key: dict, stage: str) -> list[Path]:
+    """Delete the checkpoints not written with ``key`` (other params or data, or no key: an older
+    version's): they cannot be resumed from, and Trainer's rotation (save_total_limit) would keep them
+    in place of this run's. Returns them."""
+    stale = [p for p in _checkpoints(ckpt_dir) if (p / "trainer_state.json").exists() and _written_with(p) != key]
+    for p in stale:
+        was = _written_with(p)
+        why = "params or data changed since it was written" if was else "it carries no resume key"
+        print(f"[{stage}] ignoring {p}: {why}; deleting it", flush=True)
+        shutil.rmtree(p)
+    return stale
+
+
+def resume_callback(key: dict):
     """Trainer callback for exact resumes: a log line at every checkpoint step, so a checkpoint's
     log history accounts for every step before it (``whole_run_loss``), and at the last step (so that
-    train_loss is the mean over all processes under ``accelerate launch``); and the fault-injection
-    hook (components/core/faults.py) once a checkpoint is on disk."""
+    train_loss is the mean over all processes under ``accelerate launch``); ``key`` written into each
+    checkpoint once Trainer has saved it (``rlhf_resume_key.json``, temp file + rename); and the
+    fault-injection hook (components/core/faults.py) once a checkpoint is on disk."""
     from transformers import TrainerCallback
 
     class ResumeHooks(TrainerCallback):
@@ -151,6 +223,11 @@ def resume_callback():
                 control.should_log = True             # unlogged rest of train_loss would be rank 0's alone
 
         def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                tmp = folder / f".{KEY_FILE}.tmp"
+                tmp.write_text(json.dumps(key, sort_keys=True) + "\n")
+                tmp.replace(folder / KEY_FILE)
             faults.checkpoint_written(state.global_step)
 
     return ResumeHooks()
@@ -172,14 +249,16 @@ def whole_run_loss(result, log_history: list[dict], resumed_at: int, total_steps
     return (done + result.training_loss * (total_steps - resumed_at)) / total_steps
 
 
-def train_resuming(trainer, ckpt_dir: Path, stage: str):
-    """trainer.train(), resuming from the newest checkpoint a killed run left; refuses a non-finite loss."""
-    resume = last_checkpoint(ckpt_dir)
+def train_resuming(trainer, ckpt_dir: Path, stage: str, key: dict):
+    """trainer.train(), resuming from the newest checkpoint a killed run left with the same ``key``
+    (``resume_key``: params hash and data version; others are dropped); refuses a non-finite loss."""
+    drop_stale_checkpoints(ckpt_dir, key, stage)
+    resume = last_checkpoint(ckpt_dir, key)
     if resume:
         print(f"[{stage}] resuming from {resume}", flush=True)
         # read now: with save_total_limit 1 the next checkpoint deletes this one during train()
         resumed_at = int(json.loads((resume / "trainer_state.json").read_text())["global_step"])
-    trainer.add_callback(resume_callback())
+    trainer.add_callback(resume_callback(key))
     trainer.add_callback(nonfinite_callback(trainer, ckpt_dir, stage))
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if resume:

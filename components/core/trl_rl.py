@@ -132,5 +132,5 @@ def train(cfg: Config, policy, tokenizer, prompts: list[str], scorer, ckpt_dir, 
     print(f"[{STAGE}] {algo} (TRL): {len(kept)} train prompts, {pc.updates} updates x {pc.batch_size} responses "
           f"({cfg.rl.num_generations} per prompt), beta {pc.kl_coef}, bf16={args.bf16}", flush=True)
     t0 = time.time()
-    tu.train_resuming(trainer, ckpt_dir, STAGE)
+    tu.train_resuming(trainer, ckpt_dir, STAGE, key=tu.resume_key(cfg, STAGE))
     return trainer, curves(trainer.state.log_history), time.time() - t0

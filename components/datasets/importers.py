@@ -33,12 +33,16 @@ the comparison and its demonstration: InstructGPT splits train/eval by the user 
 prompt, so all records about one question land on the same side (``data.split_of``).
 
 Cleaning, so the output passes the validation gate (``components/datasets/rules.py``): texts are
-stripped of surrounding whitespace; ``\\r\\n`` and lone ``\\r``, vertical tab, form feed and NEL
+stripped of surrounding whitespace and invisible format characters (``rules.visible_strip``); ``\\r\\n`` and lone ``\\r``, vertical tab, form feed and NEL
 become ``\\n``; every other control character of ``rules.CONTROL_CHARS`` (C0 but tab and
-newline, DEL, C1) is removed. Prompts or responses longer than ``max_chars`` (default 4000 =
-params.yaml ``validate.max_prompt_chars`` / ``max_response_chars``) are left out and counted.
+newline, DEL, C1), every Unicode non-character and every byte-order mark inside text
+(``rules.NONCHARACTERS``) is removed. Prompts or responses longer than ``max_chars`` (default 4000 =
+params.yaml ``validate.max_prompt_chars`` / ``max_response_chars``) are left out and counted, and so
+are texts that hold a control token of the default tokenizer (``<|im_start|>`` ...,
+``core.encode.SMOLLM2_CONTROL_TOKENS``: only a chat template may write those).
 Every record that is left out is counted in ``stats["skipped"]`` under its reason; malformed input
-(not JSON, a missing or mistyped field) raises ``DataError`` naming the file, the line and the field.
+(not JSON, a missing or mistyped field, a lone surrogate escape such as ``\\ud800``) raises
+``DataError`` naming the file, the line and the field.
 """
 
 from __future__ import annotations
@@ -51,12 +55,14 @@ from typing import Any
 
 from components.core.data import K_MAX, K_MIN, iter_jsonl
 from components.core.errors import DataError
-from components.datasets.rules import CONTROL_CHARS
+from components.core.encode import SMOLLM2_CONTROL_TOKENS, control_pattern
+from components.datasets.rules import CONTROL_CHARS, NONCHARACTERS, visible_strip
 
 DEFAULT_MAX_CHARS = 4000
 HUMAN, ASSISTANT = "Human", "Assistant"
 _TURN = re.compile(r"\n\n(Human|Assistant):")
-_CONTROL = re.compile(CONTROL_CHARS)
+_CONTROL = re.compile(f"{CONTROL_CHARS}|{NONCHARACTERS}")
+_CONTROL_TOKEN = control_pattern(SMOLLM2_CONTROL_TOKENS)
 _LINE_BREAKS = re.compile(r"\r\n|[\r\x0b\x0c\x85]")  # -> "\n" (kept as line breaks)
 
 __all__ = ["import_hh_rlhf", "import_oasst", "render_dialogue", "clean_text", "DEFAULT_MAX_CHARS"]
@@ -66,8 +72,9 @@ __all__ = ["import_hh_rlhf", "import_oasst", "render_dialogue", "clean_text", "D
 
 
 def clean_text(text: str) -> tuple[str, int]:
-    """``(cleaned, n_changed)``: line-break controls -> ``\\n``, other control characters removed,
-    surrounding whitespace stripped; ``n_changed`` counts the control characters touched."""
+    """``(cleaned, n_changed)``: line-break controls -> ``\\n``, other control characters, non-characters
+    and byte-order marks removed, surrounding whitespace and invisible format characters stripped (a text of
+    only zero-width characters becomes empty); ``n_changed`` counts the characters touched."""
     n = 0
 
     def _nl(m: re.Match) -> str:
@@ -77,7 +84,7 @@ def clean_text(text: str) -> tuple[str, int]:
 
     text = _LINE_BREAKS.sub(_nl, text)
     text, removed = _CONTROL.subn("", text)
-    return text.strip(), n + removed
+    return visible_strip(text), n + removed
 
 
 def render_dialogue(turns: list[tuple[str, str]]) -> str:
@@ -188,7 +195,8 @@ def import_hh_rlhf(
     "comparisons", "k_histogram", "multi_turn", "skipped": {reason: n}, "control_chars":
     {"texts", "chars"}}``. Skip reasons: ``no_assistant_turn``, ``prompt_mismatch`` (chosen and
     rejected dialogues differ before the last assistant turn), ``empty_prompt``,
-    ``empty_response``, ``identical_responses``, ``prompt_too_long``, ``response_too_long``.
+    ``empty_response``, ``identical_responses``, ``prompt_too_long``, ``response_too_long``,
+    ``control_token``.
     Raises DataError (file:line: field) for malformed input.
     """
     _check_limit(limit)
@@ -222,6 +230,8 @@ def import_hh_rlhf(
             skipped["prompt_too_long"] += 1
         elif max(map(len, responses)) > max_chars:
             skipped["response_too_long"] += 1
+        elif any(_CONTROL_TOKEN.search(t) for t in (prompt, *responses)):
+            skipped["control_token"] += 1
         else:
             multi_turn += len(turns) > 1
             comparisons.append({"id": f"hh-{lineno}", "prompt": prompt, "responses": responses, "ranks": [0, 1]})
@@ -282,8 +292,9 @@ def import_oasst(
     "control_chars": {"texts", "chars"}}``. Skip reasons: ``duplicate_message_id`` (a tree listed
     again: the first occurrence wins), ``prompter_deleted``,
     ``deleted_in_context`` (an earlier turn of the conversation was deleted),
-    ``fewer_than_2_ranked_replies``, ``all_tied``, ``empty_prompt``, ``prompt_too_long`` (checked in
-    this order, so the last two count only groups that would otherwise have been imported). Raises DataError
+    ``fewer_than_2_ranked_replies``, ``all_tied``, ``empty_prompt``, ``prompt_too_long``, ``control_token``
+    (checked in this order, so the last three count only groups that would otherwise have been imported);
+    a reply holding a control token is dropped (``replies_dropped["control_token"]``). Raises DataError
     (file:line: field path) for malformed input.
     """
     _check_limit(limit)
@@ -348,6 +359,8 @@ def import_oasst(
                     dropped["empty"] += 1
                 elif len(rtext) > max_chars:
                     dropped["too_long"] += 1
+                elif _CONTROL_TOKEN.search(rtext):
+                    dropped["control_token"] += 1
                 elif rtext in texts:
                     dropped["duplicate_text"] += 1
                 elif len(kept) >= K_MAX:
@@ -367,6 +380,9 @@ def import_oasst(
                 continue
             if len(prompt) > max_chars:
                 skipped["prompt_too_long"] += 1
+                continue
+            if _CONTROL_TOKEN.search(prompt):
+                skipped["control_token"] += 1
                 continue
             best = kept[0]  # lowest rank, then first in tree order
             kept.sort(key=lambda k: k[1])  # responses in tree order

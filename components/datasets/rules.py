@@ -10,8 +10,16 @@ GX result. ``result_format="COMPLETE"`` (asked only for the expectations that fa
 ``BOOLEAN_ONLY`` pass) gives the row index of every failing row, mapped back to the file's 1-based
 line number, the record id and the field.
 
-Lines that are not valid UTF-8, not JSON or not a JSON object are reported before GX (by line
-number) and left out of the frame; the other lines are still checked.
+Lines that are not valid UTF-8, are not JSON, give a key twice, are not a JSON object, hold a lone
+surrogate (a ``\\ud800`` escape: not text), or start with a byte-order mark other than the one a file
+may start with are reported before GX (by line number) and left out of the frame; the other lines are
+still checked. Text is blank when nothing is left after removing whitespace and invisible format
+characters (zero-width spaces and joiners, bidi marks, U+FEFF: Unicode category Cf).
+
+Text fields must hold no control characters, no Unicode non-characters (U+FDD0..U+FDEF, U+xFFFE,
+U+xFFFF) or byte-order marks, and no control token of the tokenizer (``<|im_start|>`` ...: only the
+chat template may write those; ``control_tokens_for`` says which tokens, ``components/core/encode.py``
+why).
 
 Every "derived" column is None (= not applicable, skipped by GX) when an earlier rule already
 failed for that field (e.g. a wrong type), so one problem gives one failure.
@@ -24,13 +32,22 @@ import json
 import os
 import re
 import tempfile
+import unicodedata
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from components.core.data import CONTROL_CHARS, FILES, K_MAX, K_MIN, SPLITS, split_of
+from components.core.data import (BOM, BOM_MESSAGE, CONTROL_CHARS, FILES, K_MAX, K_MIN, SPLITS, DuplicateKey,
+                                  iter_jsonl, json_problem, loads_object, lone_surrogate, split_of)
+from components.core.errors import DataError
+from components.core.encode import SMOLLM2_CONTROL_TOKENS, control_pattern, gate_control_tokens
 
 PROMPT_TYPES = ("open", "closed")
+# Unicode non-characters (permanently reserved, never text: U+FDD0..U+FDEF and the last two code
+# points of every plane) and the byte-order mark U+FEFF inside text (an invisible left-over of joined files).
+NONCHARACTERS = "[\ufdd0-\ufdef\ufeff" + "".join(f"{chr(p * 0x10000 + 0xFFFE)}{chr(p * 0x10000 + 0xFFFF)}"
+                                                  for p in range(17)) + "]"
 
 # Field -> JSON type name (see _json_type) per file; optional fields may be absent.
 SCHEMAS: dict[str, dict[str, dict[str, str]]] = {
@@ -60,12 +77,12 @@ LIMIT_ARGS = {"prompt": "max_prompt_chars", "response": "max_response_chars",
 
 # Stable rule names, in report order.
 RULES = (
-    "file_missing", "file_empty", "valid_utf8", "valid_json", "json_object",
-    "required", "type", "unknown_field", "non_empty", "max_length", "no_control_chars",
-    "allowed_value", "unique_id", "k_in_range", "ranks_valid_for_responses",
+    "file_missing", "file_empty", "valid_utf8", "no_bom", "valid_json", "unique_keys", "json_object", "valid_unicode",
+    "required", "type", "unknown_field", "non_empty", "max_length", "no_control_chars", "no_noncharacters",
+    "no_control_tokens", "allowed_value", "unique_id", "k_in_range", "ranks_valid_for_responses",
     "ranks_not_all_equal", "distinct_responses", "user_in_one_split",
 )
-LINE_RULES = ("valid_utf8", "valid_json", "json_object")
+LINE_RULES = ("valid_utf8", "no_bom", "valid_json", "unique_keys", "json_object", "valid_unicode")
 
 
 # ---------------------------------------------------------------- reading
@@ -75,7 +92,8 @@ def _read_lines(path: Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str
     """Parse a JSONL file leniently.
 
     Returns ``(records, bad_lines, n_nonblank)``: records = [(line, obj)] for every line that is a
-    JSON object, bad_lines = [(line, rule, message)] for the others; blank lines are skipped.
+    JSON object, bad_lines = [(line, rule, message)] for the others; blank lines are skipped. The
+    rules and messages are those of ``data.iter_jsonl`` (which the stages read with).
     """
     records, bad = [], []
     n_nonblank = 0
@@ -89,17 +107,44 @@ def _read_lines(path: Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str
             except UnicodeDecodeError as e:
                 bad.append((lineno, "valid_utf8", f"not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})"))
                 continue
+            if lineno == 1 and line.startswith(BOM):
+                line = line[1:]  # the byte-order mark a file may start with (as data.iter_jsonl accepts it)
+            if line.startswith(BOM):
+                bad.append((lineno, "no_bom", BOM_MESSAGE))
+                continue
             try:
-                rec = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                bad.append((lineno, "valid_json", f"not valid JSON ({e.msg} at column {e.colno})"))
+                rec = loads_object(line.rstrip("\r\n"))
+            except DuplicateKey as e:
+                bad.append((lineno, "unique_keys", str(e)))
+                continue
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, and Python's own limits
+                bad.append((lineno, "valid_json", f"not valid JSON ({json_problem(e)})"))
                 continue
             if not isinstance(rec, dict):
                 kind = "array" if isinstance(rec, list) else _json_type(rec)
                 bad.append((lineno, "json_object", f"expected a JSON object, got {kind}"))
                 continue
+            if (problem := lone_surrogate(rec)) is not None:
+                bad.append((lineno, "valid_unicode", problem))
+                continue
             records.append((lineno, rec))
     return records, bad, n_nonblank
+
+
+def is_invisible(ch: str) -> bool:
+    """Whitespace, or an invisible format character (Unicode category Cf: U+200B zero-width space,
+    U+200C/U+200D joiners, U+2060 word joiner, U+FEFF, bidi marks, soft hyphen, ...)."""
+    return ch.isspace() or unicodedata.category(ch) == "Cf"
+
+
+def visible_strip(text: str) -> str:
+    """``text`` without the whitespace and invisible format characters at either end (blank -> '')."""
+    i, j = 0, len(text)
+    while i < j and is_invisible(text[i]):
+        i += 1
+    while j > i and is_invisible(text[j - 1]):
+        j -= 1
+    return text[i:j]
 
 
 def _json_type(v: Any) -> str:
@@ -142,9 +187,9 @@ def _row(rec: dict, schema: dict, user_ok: dict[str, bool]) -> dict[str, Any]:
         v = typed[f]
         if expected == "str":
             row[f] = v
-            row[f"_stripped_{f}"] = v.strip() if v is not None else None
+            row[f"_stripped_{f}"] = visible_strip(v) if v is not None else None
         elif f == "responses":
-            row["_shortest_stripped_responses"] = min((r.strip() for r in v), key=len) if v else None
+            row["_shortest_stripped_responses"] = min((visible_strip(r) for r in v), key=len) if v else None
             row["_longest_responses"] = max(v, key=len) if v else None
             row["_joined_responses"] = "\n".join(v) if v is not None else None
     if "ranks" in fields:
@@ -155,14 +200,14 @@ def _row(rec: dict, schema: dict, user_ok: dict[str, bool]) -> dict[str, Any]:
             None if resp is None or ranks is None else len(ranks) == k and all(0 <= r < k for r in ranks)
         )
         row["_ranks_not_all_equal"] = None if ranks is None or len(ranks) < 2 else len(set(ranks)) > 1
-        row["_distinct_responses"] = None if resp is None else len({r.strip() for r in resp}) == len(resp)
+        row["_distinct_responses"] = None if resp is None else len({visible_strip(r) for r in resp}) == len(resp)
     if "user_id" in fields:
         u = typed["user_id"]
         row["_user_in_one_split"] = user_ok.get(u) if u else None
     return row
 
 
-def _expectations(name: str, limits: dict) -> list[tuple[str, str | None, str, dict]]:
+def _expectations(name: str, limits: dict, control_regex: str) -> list[tuple[str, str | None, str, dict]]:
     """The suite of one file as (rule, field, GX expectation class name, kwargs)."""
     schema = SCHEMAS[name]
     fields = schema["required"] | schema["optional"]
@@ -189,6 +234,12 @@ def _expectations(name: str, limits: dict) -> list[tuple[str, str | None, str, d
     if "responses" in fields:
         ex.append(("no_control_chars", "responses", "ExpectColumnValuesToNotMatchRegex",
                    {"column": "_joined_responses", "regex": CONTROL_CHARS}))
+    for rule, regex in (("no_noncharacters", NONCHARACTERS), ("no_control_tokens", control_regex)):
+        for f, t in fields.items():
+            if t == "str" and f not in ALLOWED_VALUES:
+                ex.append((rule, f, "ExpectColumnValuesToNotMatchRegex", {"column": f, "regex": regex}))
+        if "responses" in fields:
+            ex.append((rule, "responses", "ExpectColumnValuesToNotMatchRegex", {"column": "_joined_responses", "regex": regex}))
     for f, allowed in ALLOWED_VALUES.items():
         if f in fields:
             ex.append(("allowed_value", f, "ExpectColumnValuesToBeInSet", {"column": f, "value_set": list(allowed)}))
@@ -215,6 +266,21 @@ def _control_char_at(s: str) -> str | None:
     return f"control character U+{ord(m.group()):04X} at position {m.start()}" if m else None
 
 
+def _noncharacter_at(s: str) -> str | None:
+    """'non-character U+FFFE at position 3' (or 'byte-order mark U+FEFF ...') for the first one in ``s``."""
+    m = re.search(NONCHARACTERS, s)
+    if not m:
+        return None
+    what = "byte-order mark" if m.group() == BOM else "non-character"
+    return f"{what} U+{ord(m.group()):04X} at position {m.start()}"
+
+
+def _control_token_at(s: str, pattern: re.Pattern) -> str | None:
+    """"the control token '<|im_start|>' at position 3" for the first one in ``s``, else None."""
+    m = pattern.search(s)
+    return f"the control token {m.group()!r} at position {m.start()}" if m else None
+
+
 def _message(rule: str, field: str | None, rec: dict, ctx: dict) -> str:
     """A human sentence for one failing record (``ctx``: limits, id lines, user sides)."""
     v = rec.get(field) if field else None
@@ -229,20 +295,26 @@ def _message(rule: str, field: str | None, rec: dict, ctx: dict) -> str:
         return f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} (allowed: {', '.join(allowed)})"
     if rule == "non_empty":
         if field == "responses":
-            i = min(range(len(v)), key=lambda j: len(v[j].strip()))
-            return f"responses[{i}] is empty (after strip)"
-        return f"{field} is empty (after strip)"
+            i = min(range(len(v)), key=lambda j: len(visible_strip(v[j])))
+            text, name = v[i], f"responses[{i}]"
+        else:
+            text, name = v, field
+        why = "(after strip)" if not text.strip() else "(nothing but whitespace and invisible format characters)"
+        return f"{name} is empty {why}"
     if rule == "max_length":
         limit_name, limit = LIMIT_ARGS[field], ctx["limits"][field]
         if field == "responses":
             i = max(range(len(v)), key=lambda j: len(v[j]))
             return f"responses[{i}] has {len(v[i])} characters > {limit_name}={limit}"
         return f"{field} has {len(v)} characters > {limit_name}={limit}"
-    if rule == "no_control_chars":
+    if rule in ("no_control_chars", "no_noncharacters", "no_control_tokens"):
+        find = {"no_control_chars": _control_char_at, "no_noncharacters": _noncharacter_at,
+                "no_control_tokens": lambda text: _control_token_at(text, ctx["control_pattern"])}[rule]
+        why = " (only the chat template may write it)" if rule == "no_control_tokens" else ""
         if field == "responses":
-            i = next(j for j, r in enumerate(v) if _control_char_at(r))
-            return f"responses[{i}] contains {_control_char_at(v[i])}"
-        return f"{field} contains {_control_char_at(v)}"
+            i = next(j for j, r in enumerate(v) if find(r))
+            return f"responses[{i}] contains {find(v[i])}{why}"
+        return f"{field} contains {find(v)}{why}"
     if rule == "allowed_value":
         return f"{field} {v!r} is not one of {list(ALLOWED_VALUES[field])}"
     if rule == "unique_id":
@@ -260,9 +332,9 @@ def _message(rule: str, field: str | None, rec: dict, ctx: dict) -> str:
     if rule == "distinct_responses":
         seen: dict[str, int] = {}
         for j, r in enumerate(v):
-            if r.strip() in seen:
-                return f"responses[{seen[r.strip()]}] and responses[{j}] are the same text"
-            seen[r.strip()] = j
+            if visible_strip(r) in seen:
+                return f"responses[{seen[visible_strip(r)]}] and responses[{j}] are the same text"
+            seen[visible_strip(r)] = j
     if rule == "user_in_one_split":
         sides = ctx["user_sides"][v]
         where = "; ".join(f"{s}: {', '.join(sides[s][:3])}{', ...' if len(sides[s]) > 3 else ''}" for s in SPLITS)
@@ -350,6 +422,7 @@ def validate_dir(
     max_text_chars: int = 20000,
     eval_fraction: float = 0.1,
     seed: int = 0,
+    control_tokens: Iterable[str] = SMOLLM2_CONTROL_TOKENS,
     only: tuple[str, ...] | None = None,
 ) -> dict:
     """Check the four data files of ``data_dir`` (``only``: just these file names); never raises for
@@ -357,9 +430,10 @@ def validate_dir(
 
     Length limits are in characters (Python ``len`` of the str). ``eval_fraction`` and ``seed`` are
     those of the training stages (``data.split_of``): they decide which side an unsplit user's
-    records land on for the ``user_in_one_split`` rule.
+    records land on for the ``user_in_one_split`` rule. ``control_tokens``: the strings no text may
+    hold (``control_tokens_for``: those of the configured tokenizer; default: the packaged SmolLM2's).
 
-    Returns ``{"success", "data_dir", "files": {file name: {"records", "success", "expectations":
+    Returns ``{"success", "data_dir", "control_tokens", "files": {file name: {"records", "success", "expectations":
     [{"rule", "field", "expectation", "success", "unexpected_count"}]}}, "failures": [{"file",
     "line", "id", "field", "rule", "message"}]}``; ``failures`` lists every failing record, sorted
     by file, line and rule; ``line``/``id``/``field`` are None where they do not apply.
@@ -371,6 +445,8 @@ def validate_dir(
     data_dir = Path(data_dir)
     limits = {"prompt": max_prompt_chars, "response": max_response_chars,
               "responses": max_response_chars, "text": max_text_chars}
+    control_tokens = sorted(set(control_tokens))
+    control = control_pattern(control_tokens)
     files: dict[str, dict] = {}
     failures: list[dict] = []
 
@@ -400,7 +476,7 @@ def validate_dir(
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     for name, recs in parsed.items():
         path = data_dir / name
-        spec = _expectations(name, limits)
+        spec = _expectations(name, limits, control.pattern)
         rows = [_row(rec, SCHEMAS[name], user_ok) for _, rec in recs]
         columns = sorted({kw["column"] for _, _, _, kw in spec if "column" in kw})
         frame = pd.DataFrame(rows, columns=columns).astype(object)
@@ -409,7 +485,7 @@ def validate_dir(
         for lineno, rec in recs:
             if isinstance(rec.get("id"), str):
                 id_lines[rec["id"]].append(lineno)
-        ctx = {"name": name, "limits": limits, "id_lines": id_lines, "user_sides": sides}
+        ctx = {"name": name, "limits": limits, "id_lines": id_lines, "user_sides": sides, "control_pattern": control}
         for (rule, field, cls, kwargs), res in zip(spec, _run_suite(context, name, frame, spec)):
             r = res.result
             if rule == "file_empty":
@@ -432,7 +508,55 @@ def validate_dir(
     order = {name: i for i, name in enumerate(FILES.values())}
     failures.sort(key=lambda x: (order[Path(x["file"]).name], x["line"] or 0, RULES.index(x["rule"])))
     return {"success": not failures and all(f["success"] for f in files.values()),
-            "data_dir": str(data_dir), "files": files, "failures": failures}
+            "data_dir": str(data_dir), "control_tokens": control_tokens, "files": files, "failures": failures}
+
+
+def control_tokens_for(cfg, who: str = "validate") -> tuple[str, ...]:
+    """The control tokens of the configured tokenizer, for ``validate_dir``: the packaged SmolLM2's, plus
+    those declared by the tokenizer files of ``base_model.source`` and of ``outputs/base_model`` when it
+    was built from that source (``core.encode.gate_control_tokens``; no model is loaded)."""
+    tokens, sources = gate_control_tokens(cfg.base_model.source, cfg.out_dir("base_model"))
+    print(f"[{who}] text may not hold the {len(tokens)} control tokens of: {'; '.join(sources)}", flush=True)
+    return tokens
+
+
+def report_dirs(cfg, data: str | Path | None, report_dir: str | Path | None) -> tuple[Path, Path]:
+    """(data folder, report folder) of ``rlhf validate [--data DIR] [--report-dir OUT]``.
+
+    The pipeline's own data (``common.data_dir``, the default) reports where the validate stage does,
+    ``outputs/validate``, with the same bytes for the same data. Any other folder (a new batch checked
+    before it is merged) reports in ``outputs/validate_other/<folder>-<hash of its path>``: never into
+    ``outputs/validate``, a DVC out, which would make DVC rerun the pipeline although its data did not change.
+    """
+    data_dir = Path(data).resolve() if data else cfg.data_dir
+    if data_dir == Path(cfg.data_dir).resolve():
+        data_dir = cfg.data_dir
+    if report_dir:
+        return data_dir, Path(report_dir)
+    if data_dir == cfg.data_dir:
+        return data_dir, cfg.out_dir("validate")
+    import hashlib
+
+    tag = hashlib.sha256(str(data_dir).encode()).hexdigest()[:8]
+    return data_dir, cfg.out_dir("validate_other") / f"{data_dir.name or 'root'}-{tag}"
+
+
+def check_queue_text(path: str | Path, control_tokens: Iterable[str] | None = None) -> None:
+    """Refuse a labeling queue (``rlhf sample``'s output) whose prompt or answers hold a control token:
+    ranked, such an item would become a comparison the gate refuses. DataError naming the file, line,
+    item, field and token (the first; how many there are)."""
+    pattern = control_pattern(SMOLLM2_CONTROL_TOKENS if control_tokens is None else control_tokens)
+    bad = []
+    for lineno, item in iter_jsonl(path):
+        texts = [("prompt", item.get("prompt"))] + [(f"answers[{i}]", a) for i, a in enumerate(item.get("answers") or [])
+                                                    if isinstance(item.get("answers"), list)]
+        for field, text in texts:
+            if isinstance(text, str) and (where := _control_token_at(text, pattern)):
+                bad.append(f"{path}:{lineno} [{item.get('id')}] {field}: holds {where} (only the chat template may "
+                           "write it)")
+    if bad:
+        more = f" ({len(bad)} texts of the queue hold one)" if len(bad) > 1 else ""
+        raise DataError(bad[0] + more)
 
 
 def _failure(path: Path, line: int | None, rid: str | None, field: str | None, rule: str, message: str) -> dict:

@@ -69,7 +69,7 @@ def run(cfg: Config) -> dict:
     print(f"[dpo] {len(rows)} pairs from {len(train)} rankings, {tu.total_steps(d, len(rows))} steps, beta={d.beta}, "
           f"bf16={args.bf16}", flush=True)
     t0 = time.time()
-    result = tu.train_resuming(trainer, ckpt_dir, STAGE)
+    result = tu.train_resuming(trainer, ckpt_dir, STAGE, key=tu.resume_key(cfg, STAGE))
     seconds = time.time() - t0
     metrics = {"train_loss": result.training_loss, "train_seconds": round(seconds, 1), "n_pairs": len(rows)}
     if eval_rows:

@@ -26,6 +26,7 @@ from random import Random
 
 from components.core.config import Config
 from components.core.data import FILES, read_jsonl, take, write_jsonl
+from components.core.encode import control_tokens
 from components.core.env import set_offline_env
 from components.core.errors import DataError, ValidationFailed
 from components.core.models import load_model_dir
@@ -105,7 +106,7 @@ def run(cfg: Config) -> dict:
         raise DataError(f"{src}: no prompt got 2 distinct answers from the SFT model in {rc.max_tries} rounds")
     write_jsonl(out_file, items)
     report = rules.validate_dir(out_dir, only=(FILES["comparisons"],), eval_fraction=cfg.common.eval_fraction,
-                                seed=cfg.common.seed)
+                                seed=cfg.common.seed, control_tokens=control_tokens(tok))  # the SFT model's
     json_path, _ = rules.write_report(report, out_dir)
     if not report["success"]:
         out_file.unlink()

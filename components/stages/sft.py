@@ -63,7 +63,7 @@ def run(cfg: Config) -> dict:
     print(f"[sft] {len(train)} train / {len(evals)} eval demonstrations, {tu.total_steps(cfg.sft, len(train))} steps, "
           f"bf16={args.bf16}", flush=True)
     t0 = time.time()
-    result = tu.train_resuming(trainer, ckpt_dir, STAGE)
+    result = tu.train_resuming(trainer, ckpt_dir, STAGE, key=tu.resume_key(cfg, STAGE))
     seconds = time.time() - t0
     metrics = {"train_loss": result.training_loss, "train_seconds": round(seconds, 1),
                "train_samples_per_second": result.metrics.get("train_samples_per_second", 0.0),

@@ -24,6 +24,7 @@ def run(cfg: Config, data_dir: str | Path | None = None, report_dir: str | Path 
     report = rules.validate_dir(
         data_dir, max_prompt_chars=v.max_prompt_chars, max_response_chars=v.max_response_chars,
         max_text_chars=v.max_text_chars, eval_fraction=cfg.common.eval_fraction, seed=cfg.common.seed,
+        control_tokens=rules.control_tokens_for(cfg),
     )
     json_path, html_path = rules.write_report(report, report_dir)
     _log_report(json_path, html_path)
