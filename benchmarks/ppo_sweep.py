@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("-S", dest="common", action="append", default=[], help="an override for every setting (section.key=value)")
     p.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts judged (0: all)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ppo_sweep.json"))
-    p.add_argument("--plot", help="also draw each setting's RM score and gold reward against KL into this PNG")
+    p.add_argument("--plot", help="also draw each setting's RM score and gold reward per update and against KL (PNG path; one file per setting, -<i> added)")
     args = p.parse_args()
 
     import torch
@@ -109,27 +109,16 @@ def main() -> None:
 
 
 def plot(results: dict, png: Path) -> None:
-    """Gao et al. 2022's picture per setting: the proxy (RM score) and the truth (gold reward) of the
-    rollouts against the KL to SFT, one panel per setting."""
-    import matplotlib
+    """Gao et al. 2022's picture per setting (``core.plots.overoptimisation_plot``): the proxy (RM
+    score) and the truth (gold reward) of the rollouts per update and against the KL to SFT; one PNG
+    per setting, ``<png stem>-<i>.png``."""
+    from components.core.plots import overoptimisation_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = results["settings"]
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.4), squeeze=False)
-    for ax, row in zip(axes[0], rows):
-        kl = [c["kl"] for c in row["curves"]]
-        ax.plot(kl, [c["reward"] for c in row["curves"]], marker=".", label="RM score (proxy)")
-        ax.plot(kl, [c["gold_reward"] for c in row["curves"]], marker=".", label="gold reward (truth)")
-        w = row["win_rate"]
-        ax.set_title(f"{row['setting']}\nheld-out win rate {w['rate']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}]", fontsize=8)
-        ax.set_xlabel("KL(policy || SFT) per response")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    for i, row in enumerate(results["settings"]):
+        w = row["win_rate"]
+        overoptimisation_plot(row["curves"], png.with_name(f"{png.stem}-{i}{png.suffix}"),
+                              f"{row['setting']}; held-out win rate {w['rate']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}]")
 
 
 if __name__ == "__main__":
