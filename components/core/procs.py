@@ -128,15 +128,26 @@ def stopped_on_exit(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
             signal.signal(signal.SIGTERM, previous)
 
 
+# What a pipeline run leaves in the checkout beside the ignored outputs/ (DVC metrics, plots and
+# lock file): never part of a copy, so a test's project starts as a fresh clone does, even in a
+# checkout where `rlhf run` has run.
+RUN_RECORDS = ("metrics/", "plots/", "dvc.lock")
+
+
 def project_copy(dest: Path, root: Path | None = None) -> Path:
     """What a fresh clone of the project at ``root`` would hold (tracked + untracked-not-ignored
-    files), as a new one-commit git repository at ``dest``: for tests and benchmarks."""
+    files, less the untracked ``RUN_RECORDS`` of a pipeline run), as a new one-commit git
+    repository at ``dest``: for tests and benchmarks."""
     import shutil
 
     root = root or ROOT
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, text=True,
                            capture_output=True, check=True).stdout.split("\n")
+    untracked = set(subprocess.run(["git", "ls-files", "-o", "--exclude-standard"], cwd=root, text=True,
+                                   capture_output=True, check=True).stdout.split("\n"))
     for f in filter(None, files):
+        if f in untracked and any(f == r or f.startswith(r) for r in RUN_RECORDS):
+            continue
         if (root / f).is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / f, dest / f)
