@@ -63,10 +63,24 @@ def test_ptx_term_is_logged_and_kl_is_zero_at_the_start(tiny_model_dir):
     assert "ptx_loss" not in h0
 
 
-def test_killed_run_resumes_to_the_same_parameters(tiny_model_dir, tmp_path):
+def lora_models(tiny_dir, rank: int):
+    """``models`` with the policy a LoRA adapter (reference = adapter off) when rank > 0."""
+    m = models(tiny_dir)
+    if not rank:
+        return m
+    from peft import LoraConfig, get_peft_model
+
+    policy = get_peft_model(m.policy, LoraConfig(r=rank, lora_alpha=2.0 * rank, lora_dropout=0.0,
+                                                 target_modules=["q_proj", "v_proj", "up_proj"], bias="none"))
+    return ppo.Models(policy, None, m.value, m.scorer, m.tokenizer)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4], ids=["full", "lora"])
+def test_killed_run_resumes_to_the_same_parameters(tiny_model_dir, tmp_path, lora_rank):
     pc = PPOConfig(updates=4, batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6, save_every=2,
-                   target_kl=0.01, ptx_coef=0.5)
-    a = models(tiny_model_dir)
+                   target_kl=0.01, ptx_coef=0.5, lora_rank=lora_rank)
+    models_ = lambda d: lora_models(d, lora_rank)  # noqa: E731
+    a = models_(tiny_model_dir)
     ppo.train(a, PROMPTS, TEXTS, pc, seed=3)
 
     class Killed(Exception):
@@ -78,9 +92,9 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_model_dir, tmp_path):
 
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Killed):
-        ppo.train(models(tiny_model_dir), PROMPTS, TEXTS, pc, seed=3, ckpt_dir=ckpt, log=kill_at_3)
+        ppo.train(models_(tiny_model_dir), PROMPTS, TEXTS, pc, seed=3, ckpt_dir=ckpt, log=kill_at_3)
     assert [p.name for p in ckpt.iterdir()] == ["update-2"]
-    b = models(tiny_model_dir)
+    b = models_(tiny_model_dir)
     hist = ppo.train(b, PROMPTS, TEXTS, pc, seed=3, ckpt_dir=ckpt)
     assert [h["update"] for h in hist] == [1, 2, 3, 4]
     for (name, pa), pb in zip(a.policy.named_parameters(), b.policy.parameters()):
