@@ -102,8 +102,11 @@ def test_promotion_sets_candidate_and_records_the_verdict(project):
     from components.stages.promote import gate
 
     cand, ref = (json.loads((proj / "outputs" / "evaluate" / f"{m}.json").read_text()) for m in ("ppo", "sft"))
-    assert cand["preference_n"] == 8  # the test profile holds out RL prompts: the win rate is measured
-    checks = gate(cand, ref, load_config(proj / "params.yaml").promote)
+    cfg = load_config(proj / "params.yaml")
+    # the test profile holds out RL prompts (data.n_eval_prompts 8): the win rate is measured, on
+    # evaluate.win_rate_prompts (4) of them
+    assert cand["preference_n"] == cfg.evaluate.win_rate_prompts == 4
+    checks = gate(cand, ref, cfg.promote)
     assert promoted == all(ok for _, ok, _ in checks)
     if not promoted:
         assert verdict == "rejected: " + "; ".join(why for _, ok, why in checks if not ok)
@@ -142,7 +145,7 @@ def test_an_edit_to_shared_code_reruns_exactly_the_stages_that_import_it(project
     for module, stages in (("components/core/scoring.py", {"reward", "ppo", "ppo_ptx", "evaluate"}),
                            ("components/datasets/synth.py",  # gold_reward, the simulated labeler
                             {"rank", "reward", "dpo", "ppo", "ppo_ptx", "evaluate"}),
-                           ("components/core/encode.py", set(STAGES) - {"validate"})):
+                           ("components/core/encode.py", set(STAGES))):  # validate: the control-token check
         path = proj / module
         before = path.read_text()
         path.write_text(before + "\n# an edit\n")
