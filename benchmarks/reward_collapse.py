@@ -112,9 +112,10 @@ def probe(folder: Path, data_dir: Path, steps: int, lr: float, ranked: Path | No
                                                        cfg.reward.corruption_share, cfg.reward.max_samples)
     t0 = time.time()
     splits = {"train": features(folder, train_recs, cfg), "held_out": features(folder, eval_recs, cfg)}
-    on_policy = [r for r in eval_recs if r[preferences.SOURCE] == "on_policy"]
-    if on_policy:
-        splits["held_out_on_policy"] = features(folder, on_policy, cfg)
+    on_policy = [i for i, r in enumerate(eval_recs) if r[preferences.SOURCE] == "on_policy"]
+    if on_policy:  # rows of the held-out features (one per record, in order): no second model load or forward
+        x, ranks, mask, types = splits["held_out"]
+        splits["held_out_on_policy"] = (x[on_policy], ranks[on_policy], mask[on_policy], [types[i] for i in on_policy])
     print(f"features of {sum(int(v[2].sum()) for v in splits.values())} answers: {time.time() - t0:.0f} s", flush=True)
     x_train = splits["train"][0][splits["train"][2]]
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6  # standardised features: one lr fits every setting
