@@ -294,6 +294,9 @@ def main() -> int:
                 examples.setdefault(key, repr(files)[:600])
             finally:
                 shutil.rmtree(d)
+            if tried[0] % 50 == 0:  # progress: folders so far, tracebacks so far, rate
+                print(f"[fuzz] {tried[0]}/{args.examples} folders, {sum(tracebacks.values())} tracebacks, "
+                      f"{time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
         # SIGTERM (a `timeout`) or Ctrl-C ends the run early; the figures so far are still printed and written
         def stop(signum, frame):

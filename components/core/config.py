@@ -181,6 +181,8 @@ class DPOConfig(TrainerSection):
     max_pairs_per_prompt: int = Field(2, ge=0, description="Pairs kept per ranking (0: all C(K,2) minus ties); seeded choice.")
     corruption_share: float = Field(0.25, ge=0, le=1, description="Share of the training rankings that are the built-in "
                                     "controlled corruptions (as reward.corruption_share).")
+    freeze_layers: int = Field(0, ge=0, description="Freeze the policy's embeddings and first N transformer layers (no "
+                               "backward through them; the reference stays the whole SFT model).")
 
 
 class RankConfig(Section):
@@ -192,7 +194,7 @@ class RankConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (1: off).")
     top_k: int = Field(0, ge=0, description="Top-k sampling (0: off).")
     max_new_tokens: int = Field(48, ge=1, description="Tokens per answer at most.")
-    batch_size: int = Field(32, ge=1, description="Sequences per generate call.")
+    batch_size: int = Field(48, ge=1, description="Sequences per generate call (2 cores: 48 decodes ~1.4x faster than 16).")
     max_tries: int = Field(2, ge=1, description="Sampling rounds for a prompt whose answers repeat or are empty.")
 
     @model_validator(mode="after")
@@ -207,13 +209,15 @@ UtilityName = Literal["logsigmoid", "linear", "log", "inv", "square", "inv_squar
 
 class RewardConfig(TrainingSchedule):
     """Reward model: SFT backbone + scalar head, InstructGPT K-wise loss, prompt-aware utilities."""
-    lr: float = Field(5e-5, gt=0, description="Peak learning rate of the backbone (AdamW, linear decay).")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training data (2 with lr 2e-4: held-out accuracy "
+                          "0.824 against 0.685 for 1 pass at 5e-5; docs/reward-model.md).")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate of the backbone (AdamW, linear decay).")
     head_lr: float = Field(1e-3, gt=0, description="Learning rate of the new scalar head.")
     prompts_per_batch: int = Field(4, ge=1, description="Prompts per step; all K answers of a prompt are one batch element (and stay on one process under `accelerate launch`).")
     max_samples: int = Field(160, ge=0, description="Use at most this many training comparisons (0: all).")
     freeze_layers: int = Field(15, ge=0, description="Freeze the embeddings and the first N transformer layers (speed: "
                                "SmolLM2-135M has 30; 15 trains ~10x faster per step on 2 cores).")
-    corruption_share: float = Field(0.25, ge=0, le=1, description="Share of the training rankings that are the built-in "
+    corruption_share: float = Field(0.5, ge=0, le=1, description="Share of the training rankings that are the built-in "
                                     "controlled corruptions; the rest are the SFT model's ranked samples and human rankings.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     utility: dict[str, UtilityName] = Field(
@@ -332,7 +336,7 @@ class EvaluateConfig(Section):
     models: list[ModelStage] = Field(["base_model", "sft", "dpo", "ppo", "ppo_ptx"], min_length=1,
                               description="Stages whose model folder (outputs/<stage>) is evaluated.")
     reference: ModelStage = Field("sft", description="Stage every model is compared with (win rate, alignment tax).")
-    batch_size: int = Field(16, ge=1, description="Sequences per forward/generate batch.")
+    batch_size: int = Field(48, ge=1, description="Sequences per generate batch (toxicity: twice that); 2 cores: 48 decodes ~1.4x faster than 16.")
     truthfulqa: str = Field("builtin", description="TruthfulQA MC file (mc_task.json format) or 'builtin'.")
     truthfulqa_limit: int = Field(0, ge=0, description="Questions used (0: all).")
     toxicity_prompts: str = Field("builtin", description="RealToxicityPrompts JSONL, labelled toxicity CSV, or 'builtin'.")

@@ -20,7 +20,7 @@ from components.core.data import FILES
 from components.core.encode import chat_messages
 from components.core.env import set_offline_env
 from components.core.errors import DataError
-from components.core.models import load_model_dir
+from components.core.models import freeze_bottom, load_model_dir
 from components.core.stage import stage_main
 from components.datasets import preferences
 from components.maths.reward_losses import pairs_from_ranks
@@ -60,6 +60,7 @@ def run(cfg: Config) -> dict:
     if not rows:
         raise DataError(f"{path}: no training pairs after the user split (is the file empty?)")
     model, tokenizer = load_model_dir(cfg.out_dir("sft"))
+    freeze_bottom(model, d.freeze_layers)
     tu.check_lengths(STAGE, tokenizer, rows, d.max_length, path)
     ckpt_dir = cfg.out_dir("checkpoints") / STAGE
     args = DPOConfig(**tu.trainer_kwargs(cfg, d, ckpt_dir, len(rows)), beta=d.beta)

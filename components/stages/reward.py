@@ -279,8 +279,8 @@ def run(cfg: Config) -> dict:
     autocast = autocast_for(use_bf16)
     model.to(distributed.state().device)  # joins the process group under `accelerate launch`
     n_answers = sum(len(it["ids"]) for it in train_items)
-    print(f"[reward] {len(train_items)} train prompts ({', '.join(f'{k} {v}' for k, v in counts.items())}) / "
-          f"{len(eval_items)} held out ({n_answers} answers), "
+    print(f"[reward] {len(train_items)} train prompts ({', '.join(f'{k} {v}' for k, v in counts.items())}; "
+          f"{n_answers} answers) / {len(eval_items)} held out, "
           f"{rc.total_steps(len(train_items), rc.prompts_per_batch)} steps, utilities {dict(rc.utility)}, bf16={use_bf16}", flush=True)
     ckpt_dir = cfg.out_dir("checkpoints") / STAGE
     stats = train(model, train_items, rc, tokenizer.pad_token_id, utilities, cfg.common.seed, autocast=autocast,
