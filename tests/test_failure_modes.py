@@ -327,6 +327,29 @@ def test_dpo_stops_at_a_non_finite_loss(tmp_path, tiny_model_dir, monkeypatch):
     assert_nothing_done(tmp_path, "dpo", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
+def test_dpo_freeze_layers_trains_only_the_layers_above(tmp_path, tiny_model_dir, monkeypatch):
+    """dpo.freeze_layers = 1: the embeddings and layer 0 come out exactly as SFT's, the top layer moved."""
+    from safetensors.torch import load_file
+
+    from components.core.tracking import stage_run
+    from components.stages import dpo
+
+    synth(tmp_path)
+    copy_model(tiny_model_dir, tmp_path / "outputs" / "sft")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = load_config(overrides=[*stage_dirs(tmp_path), "dpo.max_steps=2", "dpo.max_samples=8", "dpo.freeze_layers=1",
+                                 "dpo.lr=1e-3"])
+    with stage_run(cfg, "dpo"):
+        dpo.run(cfg)
+    before = load_file(tmp_path / "outputs" / "sft" / "model.safetensors")
+    after = load_file(tmp_path / "outputs" / "dpo" / "model.safetensors")
+    frozen = [k for k in before if "embed_tokens" in k or ".layers.0." in k]
+    top = [k for k in before if f".layers.{cfg.base_model.tiny_layers - 1}." in k and k.endswith("proj.weight")]
+    assert frozen and top
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert all(not torch.equal(before[k], after[k]) for k in top)
+
+
 def test_trainer_guard_checks_loss_gradient_and_log_and_trainer_keeps_nan_visible(tmp_path):
     """The callback SFT and DPO train with (trainer_utils.nonfinite_callback), each check alone; and
     Trainer's logging_nan_inf_filter (which would hide a NaN step loss) is off."""

@@ -181,8 +181,9 @@ class DPOConfig(TrainerSection):
     max_pairs_per_prompt: int = Field(2, ge=0, description="Pairs kept per ranking (0: all C(K,2) minus ties); seeded choice.")
     corruption_share: float = Field(0.25, ge=0, le=1, description="Share of the training rankings that are the built-in "
                                     "controlled corruptions (as reward.corruption_share).")
-    freeze_layers: int = Field(0, ge=0, description="Freeze the policy's embeddings and first N transformer layers (no "
-                               "backward through them; the reference stays the whole SFT model).")
+    freeze_layers: int = Field(15, ge=0, description="Freeze the policy's embeddings and first N transformer layers (no "
+                               "backward through them; the reference stays the whole SFT model). 15 of 30: win rate vs "
+                               "SFT 0.718 (se 0.021) against 0.731 (0.021) fully fine-tuned, 186 prompts.")
 
 
 class RankConfig(Section):
