@@ -402,6 +402,7 @@ def load_models(cfg: Config, pc: PPOConfig) -> Models:
     if pc.lora_rank:
         from peft import LoraConfig, get_peft_model
 
+        torch.manual_seed(cfg.common.seed)  # LoRA's A is drawn from the global RNG: the same adapter in every run
         policy = get_peft_model(policy, LoraConfig(r=pc.lora_rank, lora_alpha=pc.lora_alpha, lora_dropout=0.0,
                                                    target_modules=list(pc.lora_targets), bias="none"))
         ref = None
