@@ -130,6 +130,47 @@ def test_toxicity_prompt_errors_and_csv(tmp_path):
     assert eval_sets.load_toxicity_labelled(path)[0] == {"id": "1", "text": 'Title one two three "four" five', "toxic": True}
 
 
+def test_load_texts_reads_each_format_and_names_bad_lines(tmp_path):
+    import gzip
+
+    from components.core.config import text_source_name
+
+    (tmp_path / "plain.jsonl").write_text('{"text": "First text."}\n{"text": "  "}\n{"text": "Second."}\n')
+    assert eval_sets.load_texts(tmp_path / "plain.jsonl") == ["First text.", "Second."]
+    with gzip.open(tmp_path / "hh.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "x"}) + "\n")
+    assert eval_sets.load_texts(tmp_path / "hh.jsonl.gz") == ["Human: Hi\n\nAssistant: Hello!"]
+    tree = {"prompt": {"role": "prompter", "text": "Q?", "lang": "en", "replies": [
+        {"role": "assistant", "text": "A1", "lang": "en", "replies": [
+            {"role": "prompter", "text": "more?", "lang": "en", "replies": [{"role": "assistant", "text": "A2", "lang": "en"}]}]},
+        {"role": "assistant", "text": "Una respuesta", "lang": "es", "replies": []}]}}
+    (tmp_path / "oasst.jsonl").write_text(json.dumps(tree) + "\n")
+    assert eval_sets.load_texts(tmp_path / "oasst.jsonl") == ["A1", "A2"]  # English assistant replies, depth first
+    (tmp_path / "tqa.csv").write_text("\ufeffType,Question,Best Answer\nA,Why?,Because it is.\nB,How?,\n", encoding="utf-8")
+    assert eval_sets.load_texts(tmp_path / "tqa.csv") == ["Because it is."]
+    (tmp_path / "notes.txt").write_text("One paragraph\nstill one.\n\n\nTwo.\n")
+    assert eval_sets.load_texts(tmp_path / "notes.txt") == ["One paragraph\nstill one.", "Two."]
+    assert eval_sets.load_texts(tmp_path / "notes.txt", limit=1) == ["One paragraph\nstill one."]
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"body": "no text field"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: no text: expected a 'text' field.*\(fields: body\)"):
+        eval_sets.load_texts(tmp_path / "bad.jsonl")
+    (tmp_path / "bad2.jsonl").write_text('{"text": 3}\n')
+    with pytest.raises(DataError, match=r"bad2.jsonl:1: field 'text': expected a string, got 3"):
+        eval_sets.load_texts(tmp_path / "bad2.jsonl")
+    with pytest.raises(DataError, match="missing.txt: file not found"):
+        eval_sets.load_texts(tmp_path / "missing.txt")
+    assert text_source_name("../x/harmless-base-test.jsonl.gz") == "harmless_base_test"
+    assert text_source_name("TruthfulQA.csv") == "truthfulqa"
+
+
+def test_two_tax_files_with_one_metric_name_are_refused():
+    from components.core.config import load_config
+    from components.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="two files give the metric name notes: rename one"):
+        load_config(overrides=["evaluate.tax_texts=[a/notes.txt, b/notes.txt]"])
+
+
 # ------------------------------------------------------------------------------------ real data
 def test_real_truthfulqa_loads():
     items = eval_sets.load_truthfulqa(shared_file("truthfulqa", "mc_task.json"))
@@ -229,3 +270,12 @@ def test_hf_scorer_from_folder_and_errors(tmp_path):
     (pickled / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(ToxicityScorerError, match=r"no \.safetensors weights \(pytorch_model\.bin\)"):
         make_scorer(str(pickled))
+
+
+def test_real_texts_load_from_each_shared_source():
+    hh = eval_sets.load_texts(shared_file("hh-rlhf", "harmless-base-test.jsonl.gz"), limit=20)
+    assert len(hh) == 20 and all(t.startswith("Human:") and "Assistant:" in t for t in hh)
+    oasst = eval_sets.load_texts(shared_file("oasst2", "oasst2_filtered.jsonl"), limit=20)
+    assert len(oasst) == 20 and all(t.strip() for t in oasst)
+    tqa = eval_sets.load_texts(shared_file("truthfulqa", "TruthfulQA.csv"))
+    assert len(tqa) == 817

@@ -94,6 +94,30 @@ def test_alignment_tax_table_shows_change_vs_reference():
     assert "TruthfulQA" not in table  # rows only for measured metrics
 
 
+def test_per_text_nll_agrees_with_the_pooled_nll_and_does_not_depend_on_the_batch(tiny_model_dir):
+    from components.core.models import load_model_dir
+    from components.core.scoring import heldout_nll, per_text_nll
+
+    model, tok = load_model_dir(tiny_model_dir)
+    texts = [f"Text number {i} is long enough to be cut at the same length as every other one here." for i in range(5)]
+    one = per_text_nll(model, tok, texts, 12, batch=1)
+    assert one == pytest.approx(per_text_nll(model, tok, texts, 12, batch=3), abs=1e-5)
+    assert sum(one) / len(one) == pytest.approx(heldout_nll(model, tok, texts, 12), abs=1e-5)  # equal lengths: same mean
+    assert len(set(round(x, 6) for x in one)) > 1  # one figure per text
+
+
+def test_real_text_tax_pairs_texts_by_hand():
+    from components.stages.evaluate import alignment_tax_table, real_text_tax
+
+    ref = real_text_tax({"hh": [0.0, 0.0, 1.0]}, None)
+    assert ref == {"text_nll_hh": 1 / 3, "text_nll_hh_n": 3}
+    m = real_text_tax({"hh": [1.0, 2.0, 3.0]}, {"hh": [0.0, 0.0, 1.0]})
+    assert m["text_nll_hh"] == 2.0 and m["text_nll_hh_vs_ref"] == pytest.approx(5 / 3)
+    assert m["text_nll_hh_vs_ref_se"] == pytest.approx(1 / 3)
+    table = alignment_tax_table({"sft": ref, "ppo": m}, "sft")
+    assert "| NLL / token, real text: hh ↓ | 0.333 | 2.000 (+1.667 ± 0.333) |" in table
+
+
 def test_promote_moves_champion_only_through_the_gate(tmp_path, tiny_model_dir, isolated_mlflow):
     """v1 fails (no champion), v2 passes (champion v2), v3 fails (champion stays v2, reason on v3)."""
     import json
@@ -148,6 +172,9 @@ def test_rlhf_evaluate_a_registered_model(tmp_path, tiny_model_dir, isolated_mlf
     with stage_run(cfg, "ppo"):
         register_model(tiny_model_dir, cfg, "ppo", name="policy", aliases=("champion",))
     capsys.readouterr()
+    (tmp_path / "real.jsonl").write_text("".join(json.dumps({"text": f"A real sentence, number {i}."}) + "\n"
+                                                 for i in range(5)))
+    common += ["-S", f"evaluate.tax_texts=[{tmp_path / 'real.jsonl'}]"]
     assert cli.main(["evaluate", "--model", "models:/policy@champion", "--reference", str(tiny_model_dir),
                      "--profile", "test", "--out", str(tmp_path / "m.json"), *common]) == 0
     m = json.loads((tmp_path / "m.json").read_text())
@@ -156,6 +183,7 @@ def test_rlhf_evaluate_a_registered_model(tmp_path, tiny_model_dir, isolated_mlf
         assert key in m and m[key] == m[key], key  # present and not NaN
     assert 0 <= m["truthfulqa_mc2"] <= 1 and m["truthfulqa_n"] == 6 and m["toxicity_n"] == 3
     assert m["win_rate_vs_ref"] == 0.5  # the same weights as the reference: every prompt a tie
+    assert m["text_nll_real_n"] == 5 and m["text_nll_real"] > 0 and m["text_nll_real_vs_ref"] == 0.0  # ... no tax
     client = MlflowClient(isolated_mlflow)
     runs = client.search_runs([client.get_experiment_by_name("rlhf").experiment_id],
                               "tags.evaluated_model = 'policy@champion'")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from components.maths.stats import (bootstrap_interval, compare, prompt_scores, quantile, standard_error, win_rate,
+from components.maths.stats import (bootstrap_interval, compare, paired_difference, prompt_scores, quantile, standard_error, win_rate,
                                     win_rate_summary)
 
 
@@ -46,3 +46,14 @@ def test_bootstrap_interval_is_seeded_and_right_on_hand_cases():
 def test_summary_of_a_candidate_identical_to_the_reference():
     s = win_rate_summary([0.5] * 180)
     assert s == {"rate": 0.5, "se": 0.0, "lo": 0.5, "hi": 0.5, "n": 180}
+
+
+def test_paired_difference_by_hand():
+    # d = [1, 2, 2]: mean 5/3; sd = sqrt(((1 - 5/3)^2 + 2 (2 - 5/3)^2) / 2) = sqrt(1/3); se = sd / sqrt(3) = 1/3
+    d = paired_difference([1.0, 2.0, 3.0], [0.0, 0.0, 1.0])
+    assert d["n"] == 3 and d["mean"] == pytest.approx(5 / 3) and d["se"] == pytest.approx(1 / 3)
+    same = paired_difference([0.5, 2.0], [0.5, 2.0])
+    assert same["mean"] == 0.0 and same["se"] == 0.0
+    assert math.isnan(paired_difference([1.0], [0.0])["se"])
+    with pytest.raises(ValueError, match="2 values for A but 1 for B"):
+        paired_difference([1.0, 2.0], [1.0])

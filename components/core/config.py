@@ -65,6 +65,15 @@ def redact_uri(uri: str) -> str:
     return _SECRET_QUERY.sub(lambda m: m.group(1) + "***", text)
 
 
+def text_source_name(path: str | Path) -> str:
+    """A metric-safe name for a file of ``evaluate.tax_texts``: its name without the data suffixes, lower
+    case, [a-z0-9_] (``harmless-base-test.jsonl.gz`` -> ``harmless_base_test``)."""
+    name = Path(path).name.lower()
+    for suffix in (".gz", ".jsonl", ".json", ".csv", ".txt"):
+        name = name.removesuffix(suffix)
+    return re.sub(r"[^a-z0-9]+", "_", name).strip("_") or "text"
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
@@ -364,6 +373,21 @@ class EvaluateConfig(Section):
     max_new_tokens: int = Field(40, ge=1, description="Tokens of each greedy answer for the win rate.")
     max_prompt_length: int = Field(192, ge=8, description="Prompt tokens kept for the win-rate answers (left-truncated).")
     perplexity_max_length: int = Field(96, ge=8, description="Tokens per held-out text for perplexity.")
+    tax_texts: list[str] = Field(default_factory=list, description="Real text files for the alignment tax on real "
+                                 "text (per-token NLL, paired change vs the reference with its standard error): JSONL "
+                                 "with 'text', hh-rlhf or oasst2 files, TruthfulQA.csv, or plain text; [] none. E.g. "
+                                 "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz.")
+    tax_texts_limit: int = Field(64, ge=1, description="Texts used from each tax_texts file (the first ones).")
+    tax_max_length: int = Field(128, ge=8, description="Tokens per real text (cut; EOS last).")
+
+    @field_validator("tax_texts")
+    @classmethod
+    def _distinct_tax_names(cls, v: list[str]) -> list[str]:
+        names = [text_source_name(p) for p in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two files give the metric name {', '.join(twice)}: rename one")
+        return v
 
 
 class PromoteConfig(Section):

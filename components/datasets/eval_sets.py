@@ -274,3 +274,77 @@ def load_toxicity_labelled(path: str | Path, limit: int | None = None) -> list[d
             raise DataError(f"{where}: field 'toxic': expected True or False, got {row['toxic']!r}")
         out.append({"id": row["rev_id"], "text": clean_comment(row["comment"] or ""), "toxic": label in _TRUE})
     return out
+
+
+# ------------------------------------------------------------------------------- real text
+def _oasst_replies(msg: Any, where: str) -> list[str]:
+    """Every English assistant reply of an oasst2 message tree, depth first."""
+    if not isinstance(msg, dict):
+        raise DataError(f"{where}: expected a message object, got {type(msg).__name__}")
+    out = []
+    if msg.get("role") == "assistant" and msg.get("lang", "en") == "en" and isinstance(msg.get("text"), str):
+        out.append(msg["text"])
+    replies = msg.get("replies", [])
+    if not isinstance(replies, list):
+        raise DataError(f"{where}: field 'replies': expected a list, got {type(replies).__name__}")
+    for r in replies:
+        out += _oasst_replies(r, where)
+    return out
+
+
+def load_texts(path: str | Path, limit: int | None = None) -> list[str]:
+    """Real text for the alignment tax, the first ``limit`` non-blank texts in file order, by format:
+
+    - JSONL (plain or gzip), one text per line from its ``text`` field; or, recognised per line, an
+      hh-rlhf pair (``chosen``: the preferred dialogue as plain ``Human: … Assistant: …`` text) or
+      an oasst2 tree (``prompt``: a message tree; every English assistant reply is a text);
+    - CSV with a ``Best Answer`` column (TruthfulQA.csv) or a ``text`` column;
+    - any other file: plain text, one text per paragraph (blank-line separated).
+    """
+    path = Path(path)
+    out: list[str] = []
+
+    def add(text: str) -> bool:  # False once the limit is reached
+        if text.strip():
+            out.append(text.strip())
+        return limit is None or len(out) < limit
+
+    if limit is not None and limit <= 0:
+        return out
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
+        for lineno, rec in iter_jsonl(path):
+            where = f"{path}:{lineno}"
+            key = "text" if "text" in rec else "chosen" if "chosen" in rec else None
+            if key is not None:
+                if not isinstance(rec[key], str):
+                    raise DataError(f"{where}: field '{key}': expected a string, got {rec[key]!r:.80}")
+                texts = [rec[key]]  # blank ones are skipped
+            elif isinstance(rec.get("prompt"), dict):
+                texts = _oasst_replies(rec["prompt"], f"{where}: field 'prompt'")
+            else:
+                raise DataError(f"{where}: no text: expected a 'text' field, an hh-rlhf 'chosen' dialogue or an "
+                                f"oasst2 'prompt' message tree (fields: {', '.join(rec) or 'none'})")
+            if not all(add(t) for t in texts):
+                break
+        return out
+    if name.endswith(".csv"):
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            header = f.readline()
+        column = "Best Answer" if "Best Answer" in header else "text"
+        for lineno, row in _csv_rows(path, (column,)):
+            if not add(row[column] or ""):
+                break
+        return out
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        body = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    for para in re.split(r"\n\s*\n", body):
+        if not add(para):
+            break
+    return out

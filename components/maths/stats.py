@@ -71,3 +71,12 @@ def win_rate_summary(scores: list[float], *, n_boot: int = 2000, seed: int = 0) 
     """``{"rate", "se", "lo", "hi", "n"}`` of per-prompt scores (``prompt_scores`` or ``compare``)."""
     lo, hi = bootstrap_interval(scores, n_boot=n_boot, seed=seed)
     return {"rate": mean(scores), "se": standard_error(scores), "lo": lo, "hi": hi, "n": len(scores)}
+
+
+def paired_difference(a: list[float], b: list[float]) -> dict[str, float]:
+    """``{"mean", "se", "n"}`` of the paired differences a_i - b_i (the same items measured twice):
+    their mean and its standard error sd(d, ddof=1) / sqrt(n) (nan for fewer than two pairs)."""
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} values for A but {len(b)} for B")
+    d = [x - y for x, y in zip(a, b)]
+    return {"mean": mean(d), "se": standard_error(d), "n": len(d)}

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from components.core.config import Config, EvaluateConfig
+from components.core.config import Config, EvaluateConfig, text_source_name
 from components.core.data import FILES, read_jsonl, split_records
 from components.core.encode import answer_ids, chat_ids, chat_messages, encode_prompts, pad_batch
 from components.core.env import set_offline_env
@@ -35,13 +35,13 @@ from components.core.hf_metrics import load_metric
 from components.core.models import generate, load_model_dir
 from components.core.plots import bar_chart, write_table_csv
 from components.core.registry import evaluation_file, label
-from components.core.scoring import RewardScorer, heldout_nll
+from components.core.scoring import RewardScorer, heldout_nll, per_text_nll
 from components.core.stage import stage_main
 from components.core.toxicity import make_scorer
 from components.core.tracking import lineage_tags, log_metrics, write_metrics
 from components.datasets import eval_sets, synth
 from components.maths.metrics import mc_scores
-from components.maths.stats import compare, mean, prompt_scores, win_rate_summary
+from components.maths.stats import compare, mean, paired_difference, prompt_scores, win_rate_summary
 
 
 # ------------------------------------------------------------------ log-likelihood of choices
@@ -168,6 +168,20 @@ def preference(prompts: list[str], greedy: list[str], ref_greedy: list[str], sam
     return out
 
 
+def real_text_tax(nll: dict[str, list[float]], ref: dict[str, list[float]] | None) -> dict:
+    """The alignment tax on real text, per source: the mean per-token NLL of the model's texts and,
+    against the reference (None: this is the reference), the paired change text by text with its
+    standard error (positive: the model predicts real text worse than the reference does)."""
+    out = {}
+    for name, xs in nll.items():
+        out[f"text_nll_{name}"] = mean(xs)
+        out[f"text_nll_{name}_n"] = len(xs)
+        if ref is not None:
+            d = paired_difference(xs, ref[name])
+            out[f"text_nll_{name}_vs_ref"], out[f"text_nll_{name}_vs_ref_se"] = d["mean"], d["se"]
+    return out
+
+
 # ------------------------------------------------------------------------------- one model
 class Suite:
     """The evaluation sets and judges, loaded once and shared by every model."""
@@ -192,6 +206,8 @@ class Suite:
         self.prompts = prompts if all(synth.parse_task(p) is not None for p in prompts) else []  # gold needs synth tasks
         self.texts = [r["text"] for r in eval_t[: ec.perplexity_texts]]
         self.ref_answers: tuple[list[str], list[list[str]] | None] | None = None  # (greedy, sampled) of the reference
+        self.tax_texts = {text_source_name(p): eval_sets.load_texts(p, ec.tax_texts_limit) for p in ec.tax_texts}
+        self.ref_tax: dict[str, list[float]] | None = None  # per-text NLL of the reference, per source
         reward_dir = cfg.out_dir("reward")
         self.reward_scorer = None
         if (reward_dir / "config.json").exists():
@@ -212,6 +228,18 @@ class Suite:
                         temperature=ec.sample_temperature, batch=ec.batch_size, desc=f"answers ({n} sampled)",
                         by_length=True)
         return greedy, [flat[i * n: (i + 1) * n] for i in range(len(ids))]
+
+    def text_nll(self, model, tokenizer) -> dict[str, list[float]]:
+        """Per source of ``tax_texts``, each real text's mean next-token NLL."""
+        ec = self.cfg.evaluate
+        return {name: per_text_nll(model, tokenizer, texts, ec.tax_max_length, ec.batch_size)
+                for name, texts in tqdm(self.tax_texts.items(), desc="real-text NLL", unit="source")}
+
+    def reference_tax(self, ref_path: Path) -> dict[str, list[float]]:
+        if self.ref_tax is None:
+            model, tok = load_model_dir(ref_path)
+            self.ref_tax = self.text_nll(model, tok)
+        return self.ref_tax
 
     def reference_answers(self, ref_path: Path) -> tuple[list[str], list[list[str]] | None]:
         if self.ref_answers is None:
@@ -235,6 +263,12 @@ class Suite:
         if self.texts:
             nll = heldout_nll(model, tok, self.texts, ec.perplexity_max_length)
             m.update({"heldout_lm_loss": nll, "perplexity": math.exp(nll)})
+        if self.tax_texts:
+            nll = self.text_nll(model, tok)
+            is_ref = model_path.resolve() == ref_path.resolve()
+            if is_ref:
+                self.ref_tax = nll
+            m.update(real_text_tax(nll, None if is_ref else self.reference_tax(ref_path)))
         if self.prompts:
             greedy, sampled = self.answers(model, tok)
             if model_path.resolve() == ref_path.resolve():
@@ -273,7 +307,12 @@ def alignment_tax_table(results: dict[str, dict], reference: str) -> str:
     names = list(results)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     ref = results.get(reference, {})
-    for key, title, higher in TABLE:
+    sources = sorted({k[len("text_nll_"):-len("_n")] for r in results.values() for k in r
+                      if k.startswith("text_nll_") and k.endswith("_n")})
+    rows = list(TABLE)
+    for src in sources:
+        rows.append((f"text_nll_{src}", f"NLL / token, real text: {src}", False))
+    for key, title, higher in rows:
         if not any(key in r for r in results.values()):
             continue
         cells = []
@@ -283,7 +322,10 @@ def alignment_tax_table(results: dict[str, dict], reference: str) -> str:
                 cells.append("–")
                 continue
             cell = f"{v:.3f}"
-            if n != reference and key in ref:
+            paired = results[n].get(f"{key}_vs_ref")
+            if paired is not None:  # the change text by text, with its standard error
+                cell += f" ({paired:+.3f} ± {results[n].get(f'{key}_vs_ref_se', float('nan')):.3f})"
+            elif n != reference and key in ref:
                 cell += f" ({v - ref[key]:+.3f})"
             cells.append(cell)
         lines.append(f"| {title} {'↑' if higher else '↓'} | " + " | ".join(cells) + " |")
