@@ -257,3 +257,20 @@ def test_a_response_that_never_ends_is_penalised(tiny_model_dir):
     ro.has_eos[:] = torch.tensor([True, False])
     sc = ppo.score_and_kl(m, ro, pc, 0.0, lambda: torch.autocast("cpu", enabled=False), "update 1")
     assert sc.rewards[0].sum().item() == pytest.approx(0.5) and sc.rewards[1].sum().item() == pytest.approx(0.3)
+
+
+def test_ptx_data_from_a_real_text_file_holds_out_its_first_texts(tmp_path):
+    import json
+
+    from components.core.config import load_config
+    from components.core.errors import DataError
+    from components.stages.ppo import pretrain_texts
+
+    path = tmp_path / "real.jsonl"
+    path.write_text("".join(json.dumps({"text": f"Real text {i}."}) + "\n" for i in range(5)))
+    cfg = load_config(overrides=["common.profile=test", f"ppo_ptx.ptx_data={path}", "ppo_ptx.eval_texts=2"])
+    mixed, held = pretrain_texts(cfg, cfg.section("ppo_ptx"))
+    assert held == ["Real text 0.", "Real text 1."] and mixed == ["Real text 2.", "Real text 3.", "Real text 4."]
+    cfg = load_config(overrides=["common.profile=test", f"ppo_ptx.ptx_data={path}", "ppo_ptx.eval_texts=5"])
+    with pytest.raises(DataError, match=r"real.jsonl: 5 texts, none left to mix in after the 5 held out"):
+        pretrain_texts(cfg, cfg.section("ppo_ptx"))

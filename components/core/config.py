@@ -286,6 +286,10 @@ class PPOConfig(Section):
                                      "(the reward model trains with its first reward.freeze_layers frozen too).")
     ptx_batch_size: int = Field(4, ge=1, description="Pretraining texts per gradient step (PPO-ptx).")
     ptx_max_length: int = Field(96, ge=8, description="Tokens per pretraining text.")
+    ptx_data: str = Field("", description="Pretraining texts of the ptx term: '' = data/pretrain.jsonl (its training "
+                          "users); or a real-text file in any format of evaluate.tax_texts, whose first eval_texts "
+                          "texts are held out for the final LM loss and the rest (up to ptx_data_limit) mixed in.")
+    ptx_data_limit: int = Field(2000, ge=1, description="Texts read from ptx_data at most.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping (policy and value each).")
     save_every: int = Field(5, ge=1, description="Checkpoint every N updates (resume after a kill).")
     save_total_limit: int = Field(1, ge=1, description="Checkpoints kept.")

@@ -49,7 +49,7 @@ from components.core.registry import register_model
 from components.core.scoring import RewardScorer, heldout_nll, lm_nll
 from components.core.stage import stage_main
 from components.core.tracking import data_version, log_metrics, params_hash_of
-from components.datasets import synth
+from components.datasets import eval_sets, synth
 from components.maths import ppo_losses as L
 from components.maths.stats import win_rate
 
@@ -428,6 +428,20 @@ def _gold_if_builtin(prompt_records: list[dict]):
     return synth.gold_reward if all(synth.parse_task(r["prompt"]) is not None for r in prompt_records[:20]) else None
 
 
+def pretrain_texts(cfg: Config, pc: PPOConfig) -> tuple[list[str], list[str]]:
+    """(mixed-in, held-out) pretraining texts: data/pretrain.jsonl split by user, or with ``ptx_data``
+    a real-text file whose first ``eval_texts`` texts are held out and the rest mixed in."""
+    if not pc.ptx_data:
+        train_t, eval_t = split_records(read_jsonl(cfg.data_dir / FILES["pretrain"]), cfg.common.eval_fraction,
+                                        cfg.common.seed)
+        return [r["text"] for r in train_t], [r["text"] for r in eval_t]
+    texts = eval_sets.load_texts(pc.ptx_data, pc.ptx_data_limit)
+    if len(texts) <= pc.eval_texts:
+        raise DataError(f"{pc.ptx_data}: {len(texts)} texts, none left to mix in after the {pc.eval_texts} held out "
+                        f"(ppo.eval_texts)")
+    return texts[pc.eval_texts:], texts[: pc.eval_texts]
+
+
 def run(cfg: Config, stage: str = "ppo") -> dict:
     """Train the policy with PPO (stage ``ppo``) or PPO-ptx (``ppo_ptx``); write outputs/<stage>; register it.
     With ``rl.algorithm`` rloo or grpo the ``ppo`` stage trains with TRL instead."""
@@ -439,7 +453,7 @@ def run(cfg: Config, stage: str = "ppo") -> dict:
     pc: PPOConfig = cfg.section(stage)
     seed = cfg.common.seed
     train_p, eval_p = split_records(read_jsonl(cfg.data_dir / FILES["prompts"]), cfg.common.eval_fraction, seed)
-    train_t, eval_t = split_records(read_jsonl(cfg.data_dir / FILES["pretrain"]), cfg.common.eval_fraction, seed)
+    train_t, eval_t = pretrain_texts(cfg, pc)
     if not train_p:
         raise DataError(f"{cfg.data_dir / FILES['prompts']}: no training prompts after the user split (is the file empty?)")
     m = load_models(cfg, pc)
@@ -460,7 +474,7 @@ def run(cfg: Config, stage: str = "ppo") -> dict:
         mlflow.log_table({k: [r[k] for r in tables] for k in tables[0]}, artifact_file="samples/generations.json")
 
     t0 = time.time()
-    history = train(m, [r["prompt"] for r in train_p], [r["text"] for r in train_t], pc, seed=seed,
+    history = train(m, [r["prompt"] for r in train_p], train_t, pc, seed=seed,
                     system_prompt=cfg.common.system_prompt, autocast=autocast,
                     ckpt_dir=cfg.out_dir("checkpoints") / stage,
                     ckpt_key={"params_hash": params_hash_of(cfg, stage), "data_version": data_version(), "stage": stage},
@@ -482,7 +496,7 @@ def run(cfg: Config, stage: str = "ppo") -> dict:
         g_ours, g_sft = [gold(p, r) for p, r in zip(prompts, ours)], [gold(p, r) for p, r in zip(prompts, sft)]
         final.update({"heldout_win_rate_vs_sft": win_rate(g_ours, g_sft),
                       "heldout_gold_reward": sum(g_ours) / len(g_ours), "heldout_gold_reward_sft": sum(g_sft) / len(g_sft)})
-    texts = [r["text"] for r in eval_t[: pc.eval_texts]]
+    texts = eval_t[: pc.eval_texts]
     final["heldout_lm_loss"] = heldout_nll(m.policy, m.tokenizer, texts, pc.ptx_max_length)
     with reference(m) as ref:
         final["heldout_lm_loss_sft"] = heldout_nll(ref, m.tokenizer, texts, pc.ptx_max_length)
