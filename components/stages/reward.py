@@ -123,12 +123,14 @@ def load_reward_backbone(path: Path):
 def evaluate(model, items: list[dict], pad_id: int, utilities, rc, autocast) -> dict:
     """Pairwise accuracy (ties excluded) over ``items``, overall and per group (each item's
     ``groups``: its source and task family), loss, reward stats and per-prompt rewards."""
+    from tqdm.auto import tqdm
+
     model.eval()
     correct = total = 0
     by_group: dict[str, list[int]] = {}
     losses, all_r, per_prompt = [], [], []
     bs = rc.prompts_per_batch
-    for i in range(0, len(items), bs):
+    for i in tqdm(range(0, len(items), bs), desc="reward (held-out accuracy)", unit="batch", mininterval=2):
         chunk = items[i: i + bs]
         b = collate(chunk).to(next(model.parameters()).device)
         with autocast():
