@@ -103,6 +103,32 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_model_dir, tmp_path, lor
         assert torch.equal(pa, pb)
 
 
+def test_the_stage_builds_the_same_lora_adapter_whatever_the_global_rng(tiny_model_dir, tmp_path):
+    """The stage's LoRA adapter (A drawn at random) does not depend on the RNG state the process
+    starts with: torch seeds its CPU generator at random in each new process, so an unseeded adapter
+    made every run of the stage, and a killed run's rerun, start from other weights (the stage-level
+    kill tests, tests/test_faults.py, failed with LoRA). The in-process models above seed first."""
+    import shutil
+
+    from components.core.config import load_config
+    from components.stages.reward import load_reward_backbone
+
+    shutil.copytree(tiny_model_dir, tmp_path / "sft")
+    torch.manual_seed(0)
+    value, tok = load_reward_backbone(tiny_model_dir)
+    value.save_pretrained(tmp_path / "reward")
+    tok.save_pretrained(tmp_path / "reward")
+    cfg = load_config(overrides=["common.profile=test", f"common.outputs_dir={tmp_path}", "ppo.lora_rank=4"])
+    adapters = []
+    for state in (1, 2):
+        torch.manual_seed(state)  # what a new process starts with: any state
+        sd = ppo.load_models(cfg, cfg.ppo).policy.state_dict()
+        adapters.append({k: v for k, v in sd.items() if "lora_" in k})
+    assert adapters[0] and adapters[0].keys() == adapters[1].keys()
+    for k, v in adapters[0].items():
+        assert torch.equal(v, adapters[1][k]), k
+
+
 def test_trim_keeps_every_real_column_of_the_minibatch():
     # 2 rows, prompt_len 3 (left-padded), 4 response columns; row 0: prompt 2 + response 1, row 1: prompt 1 + response 2
     attn = torch.tensor([[0, 1, 1, 1, 0, 0, 0],
