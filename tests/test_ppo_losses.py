@@ -207,6 +207,9 @@ def test_ptx_loss_hand_nll_and_objective():
     mask = t([[1, 1, 0]])
     nll = ptx_loss(logits, labels, mask)
     assert close(nll, (math.log(2.0) + math.log(3.0)) / 2)               # p = 1/2, then 1/3
+    two = t([[[0.0, math.log(2.0), 0.0], [0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0], [9.0, -9.0, 3.0]]])
+    per_row = ptx_loss(two, torch.tensor([[1, 2], [0, -100]]), t([[1, 1], [1, 0]]), dim=1)
+    assert close(per_row, [(math.log(2.0) + math.log(3.0)) / 2, math.log(3.0)])  # one mean per sequence
     pg, vf = t(0.3), t(2.0)
     assert close(ppo_ptx_objective(pg, vf, nll, vf_coef=0.1, ptx_coef=0.0), 0.3 + 0.1 * 2.0)
     assert close(ppo_ptx_objective(pg, vf, t(NAN), vf_coef=0.1, ptx_coef=0.0), 0.5)

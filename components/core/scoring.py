@@ -9,7 +9,7 @@ import torch
 
 from components.core.encode import encode_pair, encode_texts, pad_batch
 from components.core.models import load_model_dir
-from components.maths.ppo_losses import logprobs_from_logits, ptx_loss
+from components.maths.ppo_losses import ptx_loss
 
 # The reward model's own settings, stored in its config (``rlhf_reward``) by the reward stage.
 DEFAULT_MAX_LENGTH = 256
@@ -107,11 +107,8 @@ def per_text_nll(model, tokenizer, texts: list[str], max_len: int, batch: int = 
     for i in range(0, len(enc), batch):
         ids, attn = pad_batch(enc[i: i + batch], tokenizer.pad_token_id)
         ids, attn = ids.to(dev), attn.to(dev)
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-        mask = attn[:, 1:].bool()
-        labels = torch.where(mask, ids[:, 1:], torch.zeros_like(ids[:, 1:]))
-        lp = logprobs_from_logits(logits, labels) * mask
-        out += (-lp.sum(1) / mask.sum(1).clamp(min=1)).tolist()
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        out += ptx_loss(logits, ids[:, 1:], attn[:, 1:], dim=1).tolist()
     return out
 
 

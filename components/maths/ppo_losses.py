@@ -166,14 +166,15 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Te
     return z.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
 
 
-def ptx_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def ptx_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Pretraining NLL -masked_mean(log p(labels)) (InstructGPT eq. 2); logits (B, T, V), labels (B, T).
+    ``dim=None``: over every token of the batch; ``dim=1``: one mean per sequence, (B,).
 
     Logits are already aligned with labels (the caller shifts); masked labels may be anything (e.g. -100).
     """
     m = _m(mask)
     safe = torch.where(m, labels, torch.zeros_like(labels))
-    return -masked_mean(logprobs_from_logits(logits, safe), m)
+    return -masked_mean(logprobs_from_logits(logits, safe), m, dim)
 
 
 def ppo_ptx_objective(pg_loss: torch.Tensor, vf_loss: torch.Tensor, ptx_nll: torch.Tensor,

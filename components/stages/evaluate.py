@@ -235,17 +235,17 @@ class Suite:
         return {name: per_text_nll(model, tokenizer, texts, ec.tax_max_length, ec.batch_size)
                 for name, texts in tqdm(self.tax_texts.items(), desc="real-text NLL", unit="source")}
 
-    def reference_tax(self, ref_path: Path) -> dict[str, list[float]]:
-        if self.ref_tax is None:
+    def reference(self, ref_path: Path) -> None:
+        """The reference's answers and real-text NLL, made once: kept when the reference itself is evaluated
+        (the stage evaluates it first), else from one load of its model."""
+        need_answers = self.prompts and self.ref_answers is None
+        need_tax = self.tax_texts and self.ref_tax is None
+        if need_answers or need_tax:
             model, tok = load_model_dir(ref_path)
-            self.ref_tax = self.text_nll(model, tok)
-        return self.ref_tax
-
-    def reference_answers(self, ref_path: Path) -> tuple[list[str], list[list[str]] | None]:
-        if self.ref_answers is None:
-            model, tok = load_model_dir(ref_path)
-            self.ref_answers = self.answers(model, tok)
-        return self.ref_answers
+            if need_answers:
+                self.ref_answers = self.answers(model, tok)
+            if need_tax:
+                self.ref_tax = self.text_nll(model, tok)
 
     def run(self, model_path: Path, ref_path: Path) -> dict:
         """Every metric of one model (a dict of floats)."""
@@ -263,17 +263,16 @@ class Suite:
         if self.texts:
             nll = heldout_nll(model, tok, self.texts, ec.perplexity_max_length)
             m.update({"heldout_lm_loss": nll, "perplexity": math.exp(nll)})
-        if self.tax_texts:
-            nll = self.text_nll(model, tok)
-            is_ref = model_path.resolve() == ref_path.resolve()
-            if is_ref:
-                self.ref_tax = nll
-            m.update(real_text_tax(nll, None if is_ref else self.reference_tax(ref_path)))
-        if self.prompts:
-            greedy, sampled = self.answers(model, tok)
-            if model_path.resolve() == ref_path.resolve():
-                self.ref_answers = (greedy, sampled)  # the reference runs first: its answers are made once
-            ref_greedy, ref_sampled = self.reference_answers(ref_path)
+        is_ref = model_path.resolve() == ref_path.resolve()
+        nll = self.text_nll(model, tok) if self.tax_texts else None
+        answers = self.answers(model, tok) if self.prompts else None
+        if is_ref:  # the stage evaluates the reference first: what the others are compared with is made once
+            self.ref_tax, self.ref_answers = nll, answers
+        self.reference(ref_path)  # else from one load of the reference model
+        if nll is not None:
+            m.update(real_text_tax(nll, None if is_ref else self.ref_tax))
+        if answers is not None:
+            (greedy, sampled), (ref_greedy, ref_sampled) = answers, self.ref_answers
             m.update(preference(self.prompts, greedy, ref_greedy, sampled, ref_sampled, self.reward_scorer,
                                 cfg.common.seed))
         m["eval_seconds"] = round(time.time() - t0, 1)
