@@ -126,3 +126,32 @@ def test_the_property_fails_on_a_gate_that_reports_without_line_or_disagrees_wit
 def test_any_folder_passes_and_loads_or_is_refused_by_file_line_and_field(tmp_path_factory, tokenizer, files):
     d = fuzz.write_folder(tmp_path_factory.mktemp("fuzz"), files)
     fuzz.check_folder(d, tokenizer)
+
+
+def test_the_time_bound_counts_the_gates_cpu_time_not_a_busy_machines_wall_time(tmp_path, monkeypatch, tokenizer):
+    import time
+
+    from components.datasets import rules
+
+    d = fuzz.write_folder(tmp_path / "data", {})
+    real = rules.validate_dir
+
+    def waits(data_dir, **kw):  # a starved process: wall time passes, little CPU time
+        time.sleep(2.0)
+        return real(data_dir, **kw)
+
+    def computes(data_dir, **kw):  # the gate itself working 2 s longer
+        t = time.process_time()
+        while time.process_time() - t < 2.0:
+            pass
+        return real(data_dir, **kw)
+
+    monkeypatch.setattr(rules, "validate_dir", waits)
+    real(d)  # warm (great-expectations' first context costs more)
+    spent = time.process_time()
+    real(d)
+    bound = time.process_time() - spent + 1.0  # the real gate's own CPU time on this folder, plus 1 s
+    fuzz.check_folder(d, tokenizer, max_seconds=bound)
+    monkeypatch.setattr(rules, "validate_dir", computes)
+    with pytest.raises(AssertionError, match="of CPU time"):
+        fuzz.check_folder(d, tokenizer, max_seconds=bound)

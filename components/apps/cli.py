@@ -101,6 +101,7 @@ def cmd_run(args) -> int:
     from flows.cache import StageFailed
     from flows.lock import project_lock
     from flows.rlhf import rlhf_pipeline
+    from flows.server import start_temporary_server
     from flows.summary import failure_report, quiet_stage_tracebacks
 
     if not args.debug:
@@ -112,12 +113,16 @@ def cmd_run(args) -> int:
                 changed = set_params(ROOT / "params.yaml", overrides)
                 if changed:
                     print(f"params.yaml updated (as `dvc exp run -S` would): {', '.join(changed)}")
+            start_temporary_server()  # when PREFECT_API_URL is unset: Prefect's server, on a port of its own
             rlhf_pipeline()
     except StageFailed as e:
         if args.debug:
             raise
         print(failure_report(e), file=sys.stderr)
         return e.exit_code if e.exit_code in (EXIT_BAD_PARAMS, EXIT_BAD_INPUT) else 1  # 2, 3: as the stage said
+    except ServiceError as e:  # the temporary Prefect server did not start
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
