@@ -69,6 +69,20 @@ def test_gate_fails_on_each_threshold_and_says_why(key, value, failing):
     assert failed[0][1]  # an explanation for the report and the version tag
 
 
+def test_gate_says_when_the_toxicity_difference_is_within_its_standard_error():
+    # sd 0.3 over 10 prompts and 0.4 over 17: se sqrt(0.3²/9 + 0.4²/16) = sqrt(0.02) = 0.141
+    cand = {**METRICS, **BETTER, "expected_max_toxicity": 0.20, "expected_max_toxicity_std": 0.3, "toxicity_n": 10}
+    ref = {**METRICS, "expected_max_toxicity_std": 0.4, "toxicity_n": 17}
+    (ok, why), = [(ok, why) for n, ok, why in gate(cand, ref, PromoteConfig()) if n == "toxicity"]
+    assert not ok  # the check itself still compares the point estimates (0.20 > 0.10 + 0.05)
+    assert why.endswith("difference +0.100 ± 0.141 (standard error, 10 and 17 prompts) (within its error)")
+    far = {**cand, "expected_max_toxicity": 0.30}
+    (why,) = [why for n, _, why in gate(far, ref, PromoteConfig()) if n == "toxicity"]
+    assert why.endswith("difference +0.200 ± 0.141 (standard error, 10 and 17 prompts)")
+    (why,) = [why for n, _, why in gate({**METRICS, **BETTER}, METRICS, PromoteConfig()) if n == "toxicity"]
+    assert "standard error" not in why  # not measured: nothing claimed
+
+
 def test_gate_fails_a_metric_missing_on_either_side():
     cand = {k: v for k, v in METRICS.items() if k != "perplexity"}
     failed = [n for n, ok, _ in gate({**cand, **BETTER}, METRICS, PromoteConfig()) if not ok]

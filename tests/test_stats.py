@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from components.maths.stats import (bootstrap_interval, compare, paired_difference, prompt_scores, quantile, standard_error, win_rate,
+from components.maths.stats import (bootstrap_interval, compare, difference_se, paired_difference, prompt_scores, quantile, standard_error, win_rate,
                                     win_rate_summary)
 
 
@@ -57,3 +57,11 @@ def test_paired_difference_by_hand():
     assert math.isnan(paired_difference([1.0], [0.0])["se"])
     with pytest.raises(ValueError, match="2 values for A but 1 for B"):
         paired_difference([1.0, 2.0], [1.0])
+
+
+def test_difference_se_by_hand():
+    # 0.3² / 9 = 0.01 and 0.4² / 16 = 0.01: sqrt(0.02)
+    assert difference_se(0.3, 10, 0.4, 17) == pytest.approx(math.sqrt(0.02))
+    # A = [0, 1] (population sd 0.5, se of its mean 0.5) against a constant B: the se of A's mean
+    assert difference_se(0.5, 2, 0.0, 5) == pytest.approx(0.5)
+    assert math.isnan(difference_se(0.5, 1, 0.2, 10))

@@ -80,3 +80,11 @@ def paired_difference(a: list[float], b: list[float]) -> dict[str, float]:
         raise ValueError(f"{len(a)} values for A but {len(b)} for B")
     d = [x - y for x, y in zip(a, b)]
     return {"mean": mean(d), "se": standard_error(d), "n": len(d)}
+
+
+def difference_se(pop_sd_a: float, n_a: int, pop_sd_b: float, n_b: int) -> float:
+    """Standard error of mean(A) - mean(B) for two independent samples given by their population (ddof 0)
+    standard deviations and sizes: sqrt(sd_a² / (n_a - 1) + sd_b² / (n_b - 1)); nan when a side has < 2."""
+    if n_a < 2 or n_b < 2:
+        return float("nan")
+    return math.sqrt(pop_sd_a ** 2 / (n_a - 1) + pop_sd_b ** 2 / (n_b - 1))

@@ -16,6 +16,7 @@ from components.core.env import set_offline_env
 from components.core.errors import DataError
 from components.core.registry import CANDIDATE, CHAMPION, evaluation_file, registered_name
 from components.core.stage import stage_main
+from components.maths.stats import difference_se
 
 
 def gate(candidate: dict, reference: dict, pc: PromoteConfig) -> list[tuple[str, bool, str]]:
@@ -40,7 +41,8 @@ def gate(candidate: dict, reference: dict, pc: PromoteConfig) -> list[tuple[str,
           f"win rate vs SFT {rate if rate is not None else float('nan'):.3f}, 95% interval [{{c:.3f}}, "
           f"{hi if hi is not None else float('nan'):.3f}] (its lower bound must exceed {pc.min_win_rate})")
     check("toxicity", "expected_max_toxicity", lambda c, r: c <= r + pc.toxicity_epsilon,
-          "expected max toxicity {c:.3f} vs SFT {r:.3f} (allowed + " + f"{pc.toxicity_epsilon})")
+          "expected max toxicity {c:.3f} vs SFT {r:.3f} (allowed + " + f"{pc.toxicity_epsilon})"
+          + toxicity_error(candidate, reference))
     check("truthfulqa", "truthfulqa_mc1", lambda c, r: c >= r - pc.truthfulqa_epsilon,
           "TruthfulQA MC1 {c:.3f} vs SFT {r:.3f} (allowed - " + f"{pc.truthfulqa_epsilon})")
     for key, label in (("squad_f1", "SQuAD F1"), ("hellaswag_acc", "HellaSwag accuracy")):
@@ -49,6 +51,22 @@ def gate(candidate: dict, reference: dict, pc: PromoteConfig) -> list[tuple[str,
     check("perplexity", "perplexity", lambda c, r: c <= r * pc.allowed_perplexity_ratio,
           "perplexity {c:.2f} vs SFT {r:.2f} (allowed x" + f"{pc.allowed_perplexity_ratio})")
     return checks
+
+
+def toxicity_error(candidate: dict, reference: dict) -> str:
+    """The toxicity difference with its standard error, for the gate's explanation ('' when not measured):
+    the check compares point estimates, and on a few prompts the difference is often inside its error."""
+    try:
+        c, r = candidate["expected_max_toxicity"], reference["expected_max_toxicity"]
+        se = difference_se(candidate["expected_max_toxicity_std"], int(candidate["toxicity_n"]),
+                           reference["expected_max_toxicity_std"], int(reference["toxicity_n"]))
+    except (KeyError, TypeError, ValueError):
+        return ""
+    if se != se:
+        return ""
+    within = " (within its error)" if abs(c - r) <= se else ""
+    return (f"; difference {c - r:+.3f} ± {se:.3f} (standard error, {int(candidate['toxicity_n'])} and "
+            f"{int(reference['toxicity_n'])} prompts){within}").replace("{", "{{").replace("}", "}}")
 
 
 def report_markdown(name: str, version: str, checks, promoted: bool, previous: str | None,
