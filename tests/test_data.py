@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from components.core.data import iter_jsonl, read_jsonl, split_records, write_jsonl
+from components.core.data import conversation_key, iter_jsonl, read_jsonl, split_records, user_key, write_jsonl
 from components.maths.reward_losses import pairs_from_ranks
 from components.core.errors import DataError
 
@@ -90,10 +90,31 @@ def test_split_keeps_each_user_on_one_side_and_is_seeded():
     assert {r["id"] for r in train} <= {r["id"] for r in train2}
 
 
-def test_explicit_split_wins_and_userless_records_split_alone():
+def test_explicit_split_wins_and_records_without_user_or_prompt_split_alone():
     recs = [{"id": "a", "split": "eval", "user_id": "u"}, {"id": "b"}]
     train, evals = split_records(recs, 0.0001, seed=0)
     assert [r["id"] for r in evals] == ["a"] and [r["id"] for r in train] == ["b"]
+    assert user_key({"id": "t1", "text": "x"}) == "record:t1"
+
+
+def test_conversation_key_is_the_first_human_turn():
+    assert conversation_key("What is  2+2?\n") == "what is 2+2?"
+    dialogue = "Human: What is 2+2?\n\nAssistant: 4.\n\nHuman: And 3+3?"
+    assert conversation_key(dialogue) == "what is 2+2?"
+    # "Human:" without an assistant turn is not a dialogue: the whole text is the turn
+    assert conversation_key("Human: hello") == "human: hello"
+
+
+def test_records_without_a_user_split_by_conversation():
+    q = "Why is the sky blue?"
+    recs = [{"id": f"r{i}", "prompt": p} for i, p in enumerate(
+        [q, f"Human: {q}\n\nAssistant: Rayleigh.\n\nHuman: Why red at dusk?", "why is the  SKY blue?"])]
+    assert {user_key(r) for r in recs} == {"conversation:why is the sky blue?"}
+    for seed in range(20):  # the three always land together
+        train, evals = split_records(recs, 0.5, seed)
+        assert len(train) in (0, 3)
+    # a user, when there is one, is the unit: the same question by two users may land apart
+    assert user_key({"id": "x", "prompt": q, "user_id": "u1"}) == "user:u1"
 
 
 def test_pairs_from_ranks_ties_give_no_pair():

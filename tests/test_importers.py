@@ -12,7 +12,7 @@ import conftest
 import pytest
 
 from components.datasets import importers
-from components.core.data import K_MAX, read_jsonl, write_jsonl
+from components.core.data import K_MAX, conversation_key, read_jsonl, split_records, user_key, write_jsonl
 from components.core.errors import DataError
 from components.datasets.rules import CONTROL_CHARS
 
@@ -170,17 +170,26 @@ def test_oasst_ranks_ties_deleted_and_deeper_turns(tmp_path):
     deep = by_id["p2"]
     assert deep["prompt"] == "Human: Describe red.\n\nAssistant: Red is warm.\n\nHuman: And blue?"
     assert deep["responses"] == ["Blue is calm.", "Blue is cold."] and deep["ranks"] == [1, 0]
-    assert deep["user_id"] == "bob"
-    # One demonstration per group: its best reply, under the reply's id and the asker's user.
+    # bob wrote the deeper turn, but its prompt is alice's conversation: the split unit is her
+    assert deep["user_id"] == "alice"
+    # One demonstration per group: its best reply, under the reply's id and the conversation's author.
     assert {d["id"]: (d["prompt"], d["response"], d["user_id"]) for d in demos} == {
         "a6": ("Describe red.", "Red is the colour of blood.", "alice"),
-        "p2b": (deep["prompt"], "Blue is cold.", "bob"),
+        "p2b": (deep["prompt"], "Blue is cold.", "alice"),
     }
     assert stats["read"] == 1 and stats["comparisons"] == 2 and stats["demonstrations"] == 2
     assert stats["k_histogram"] == {"2": 1, "4": 1} and stats["multi_turn"] == 1
     assert stats["replies_dropped"] == {"deleted": 1, "unranked": 1}
     assert stats["prompter_messages"] == 2
     json.dumps(stats)
+
+
+def test_oasst_tree_without_a_root_author_has_no_user_and_splits_by_conversation(tmp_path):
+    t = oasst_tree()
+    t["prompt"]["user_id"] = None  # bob (the deeper turn's writer) must not become the unit
+    comps, demos, _ = importers.import_oasst(write_lines(tmp_path / "trees.jsonl", [t]))
+    assert not any("user_id" in r for r in comps + demos)
+    assert {user_key(r) for r in comps + demos} == {"conversation:describe red."}
 
 
 def test_oasst_skips_ties_deleted_prompts_duplicates_and_keeps_best_nine(tmp_path):
@@ -314,6 +323,22 @@ def test_real_oasst_imports_and_passes_the_gate(oasst_real, vr, tmp_path):
     assert stats["multi_turn"] > 0
     report = gate(vr, tmp_path, comps, demos)
     assert report["success"], vr.format_failures(report)
+
+
+@pytest.mark.parametrize("source", ["hh-rlhf", "oasst"])
+def test_real_imports_put_no_conversation_on_both_sides_of_the_split(source, hh_real, oasst_real):
+    """Leakage: no first human turn (and no user) of the shared files in both train and eval.
+
+    Before grouping by conversation, 33 of 2169 hh-rlhf conversations (record-level split) and 21 of
+    91 oasst2 conversations (split by each turn's writer) had records on both sides.
+    """
+    recs = hh_real[0] if source == "hh-rlhf" else oasst_real[0] + oasst_real[1]
+    for seed in (0, 1, 2):
+        train, evals = split_records(recs, 0.2, seed)
+        assert len(evals) > 0.1 * len(recs) and len(train) > 0.6 * len(recs)
+        for key in (lambda r: conversation_key(r["prompt"]), lambda r: r.get("user_id")):
+            both = {key(r) for r in train} & {key(r) for r in evals} - {None}
+            assert not both, f"{source}, seed {seed}: {len(both)} on both sides, e.g. {sorted(both)[:2]}"
 
 
 # ---------------------------------------------------------------- CLI

@@ -10,7 +10,9 @@ Four files live in ``data/`` (tracked by ``data.dvc``):
 - ``pretrain.jsonl``:       ``{"id", "text", "split"?}`` (pretraining mix for PPO-ptx)
 
 ``split`` ("train" | "eval") is optional: when absent, records are split by ``user_id``
-(InstructGPT's rule: no labeler/user on both sides), and a record without a user is its own user.
+(InstructGPT's rule: no labeler/user on both sides); a record without a user is grouped with every
+other record of its conversation (its first human turn, see ``conversation_key``), so the same
+question never lands on both sides; a record with neither (pretraining text) is its own unit.
 """
 
 from __future__ import annotations
@@ -207,10 +209,33 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
     return n
 
 
+# How a multi-turn prompt is written (datasets.importers.render_dialogue): hh-rlhf's own labels.
+HUMAN, ASSISTANT = "Human", "Assistant"
+_WHITESPACE = re.compile(r"\s+")
+
+
+def conversation_key(prompt: str) -> str:
+    """The conversation a prompt belongs to: its first human turn, whitespace-collapsed and case-folded.
+
+    A multi-turn prompt (``"Human: <turn 1>\\n\\nAssistant: ..."``) belongs to its first turn; any
+    other prompt is its own first turn. So hh-rlhf dialogues that open with the same question, and an
+    OpenAssistant root message and its deeper turns, share one key.
+    """
+    head = f"{HUMAN}:"
+    if prompt.startswith(head) and f"\n\n{ASSISTANT}:" in prompt:
+        prompt = prompt[len(head):].split(f"\n\n{ASSISTANT}:", 1)[0]
+    return _WHITESPACE.sub(" ", prompt).strip().casefold()
+
+
 def user_key(rec: dict[str, Any]) -> str:
-    """The unit of the train/eval split: the user, or the record itself when it has no user."""
+    """The unit of the train/eval split: the user; without one, the conversation (``conversation_key``)
+    of the record's prompt; without a prompt (pretraining text), the record itself."""
     user = rec.get("user_id")
-    return f"user:{user}" if user not in (None, "") else f"record:{rec['id']}"
+    if user not in (None, ""):
+        return f"user:{user}"
+    if isinstance(rec.get("prompt"), str):
+        return f"conversation:{conversation_key(rec['prompt'])}"
+    return f"record:{rec['id']}"
 
 
 def split_of(rec: dict[str, Any], eval_fraction: float, seed: int) -> str:

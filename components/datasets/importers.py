@@ -28,9 +28,13 @@ as context, rendered readably in hh-rlhf's own labels and ending with the last h
 The downstream stages put the whole prompt into ONE user message of the chat template, so the
 model sees the conversation so far as the text of the request.
 
-``user_id`` (oasst only) is the user who wrote the prompter message -- the person asking -- on both
-the comparison and its demonstration: InstructGPT splits train/eval by the user who wrote the
-prompt, so all records about one question land on the same side (``data.split_of``).
+``user_id`` (oasst only) is the author of the conversation -- the user who wrote its root prompter
+message, the person who asked -- on every comparison and demonstration of the tree, deeper turns
+included: InstructGPT splits train/eval by the user who wrote the prompt, and a deeper turn's prompt
+holds the whole conversation so far, so keying it by its own (often different) writer would put one
+conversation on both sides (21 of the 91 conversations of ``../shared/data/oasst2`` did). A tree whose
+root has no user gets none, and hh-rlhf has none: such records are grouped by conversation instead
+(``data.conversation_key``, the first human turn), so the same question never lands on both sides.
 
 Cleaning, so the output passes the validation gate (``components/datasets/rules.py``): texts are
 stripped of surrounding whitespace and invisible format characters (``rules.visible_strip``); ``\\r\\n`` and lone ``\\r``, vertical tab, form feed and NEL
@@ -53,13 +57,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from components.core.data import K_MAX, K_MIN, iter_jsonl
+from components.core.data import ASSISTANT, HUMAN, K_MAX, K_MIN, iter_jsonl
 from components.core.errors import DataError
 from components.core.encode import SMOLLM2_CONTROL_TOKENS, control_pattern
 from components.datasets.rules import CONTROL_CHARS, NONCHARACTERS, visible_strip
 
 DEFAULT_MAX_CHARS = 4000
-HUMAN, ASSISTANT = "Human", "Assistant"
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 _CONTROL = re.compile(f"{CONTROL_CHARS}|{NONCHARACTERS}")
 _CONTROL_TOKEN = control_pattern(SMOLLM2_CONTROL_TOKENS)
@@ -280,7 +283,7 @@ def import_oasst(
     rank, a non-empty text of at most ``max_chars`` characters and a text not already given by a
     better-ranked sibling are the candidates; with >= 2 of them (at most the best ``K_MAX`` = 9,
     by rank) and not all tied, one comparison ``{"id": prompter message_id, "prompt", "responses",
-    "ranks", "user_id": prompter user_id}`` is emitted, responses in tree order and ranks
+    "ranks", "user_id": the root prompter's user_id}`` is emitted, responses in tree order and ranks
     re-densified to 0..m (ties kept), plus one demonstration ``{"id": best reply's message_id,
     "prompt", "response", "user_id"}``. The prompt of a deeper prompter turn is the conversation
     from the root (see ``render_dialogue``).
@@ -315,11 +318,14 @@ def import_oasst(
             tree_ids.add(tree_id)
         where = f"{path}:{lineno}" + (f" (tree {tree_id})" if isinstance(tree_id, str) else "")
         _field(tree, "prompt", dict, where)
+        author = None  # the root prompter's user: the split unit of every record of the tree
         # Depth-first walk with an explicit stack: (message, field path, context turns, context deleted).
         stack: list[tuple[Any, str, list[tuple[str, str]], bool]] = [(tree["prompt"], "prompt", [], False)]
         while stack:
             raw, label, context, ctx_deleted = stack.pop()
             msg = _oasst_message(raw, where, label)
+            if label == "prompt":
+                author = msg["user_id"] if msg["role"] == "prompter" else None
             text = clean(msg["text"])
             role = HUMAN if msg["role"] == "prompter" else ASSISTANT
             turns = context + [(role, text)]
@@ -389,8 +395,8 @@ def import_oasst(
             comp: dict[str, Any] = {"id": mid, "prompt": prompt, "responses": [k[3] for k in kept],
                                     "ranks": _dense([k[0] for k in kept])}
             demo: dict[str, Any] = {"id": best[2], "prompt": prompt, "response": best[3]}
-            if msg["user_id"]:
-                comp["user_id"] = demo["user_id"] = msg["user_id"]
+            if author:
+                comp["user_id"] = demo["user_id"] = author
             comparisons.append(comp)
             demos.append(demo)
             multi_turn += len(turns) > 1
