@@ -58,7 +58,9 @@ def flow_statuses(stdout: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     proj = project_copy(tmp_path_factory.mktemp("project"))
-    set_params(proj / "params.yaml", ["common.profile=test"])
+    # + one lm-evaluation-harness task (local, offline) on 4 documents: the harness's path through the stage
+    set_params(proj / "params.yaml", ["common.profile=test", "evaluate.lm_eval_tasks=[rlhf_truthfulqa_mc1]",
+                                      "evaluate.lm_eval_limit=4"])
     first = sh([str(BIN / "python"), "-c", FLOW], proj)
     return proj, first
 
@@ -75,6 +77,7 @@ def test_flow_runs_every_stage_and_leaves_dvc_clean(project):
     assert (proj / "plots" / "reward" / "collapse.png").exists()
     table = (proj / "outputs" / "evaluate" / "alignment_tax.md").read_text()
     assert "| metric | base | sft | dpo | ppo | ppo_ptx |" in table and "TruthfulQA MC1" in table, table
+    assert "| lm-eval rlhf_truthfulqa_mc1_acc ↑ |" in table and " ± " in table, table
     assert (proj / "plots" / "evaluate" / "models.png").exists()
     assert "Promotion gate: policy v1" in (proj / "outputs" / "promote" / "report.md").read_text()
     status = sh([str(BIN / "dvc"), "status"], proj).stdout

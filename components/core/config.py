@@ -383,6 +383,12 @@ class EvaluateConfig(Section):
                                  "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz.")
     tax_texts_limit: int = Field(64, ge=1, description="Texts used from each tax_texts file (the first ones).")
     tax_max_length: int = Field(128, ge=8, description="Tokens per real text (cut; EOS last).")
+    lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks run on every model "
+                                     "(harness names such as hellaswag or arc_easy need the hub; offline: the local "
+                                     "rlhf_hellaswag, rlhf_truthfulqa_mc1, rlhf_truthfulqa_mc2 on the hellaswag / "
+                                     "truthfulqa sets above); [] none.")
+    lm_eval_limit: int = Field(0, ge=0, description="Documents per lm-eval task (0: all).")
+    lm_eval_batch_size: int = Field(16, ge=1, description="Sequences per lm-eval log-likelihood batch.")
 
     @field_validator("tax_texts")
     @classmethod

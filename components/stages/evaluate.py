@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from components.core.data import FILES, read_jsonl, split_records
 from components.core.encode import answer_ids, chat_ids, chat_messages, encode_prompts, pad_batch
 from components.core.env import set_offline_env
 from components.core.errors import ModelError
+from components.core import harness
 from components.core.hf_metrics import load_metric
 from components.core.models import generate, load_model_dir
 from components.core.plots import bar_chart, write_table_csv
@@ -208,6 +210,12 @@ class Suite:
         self.ref_answers: tuple[list[str], list[list[str]] | None] | None = None  # (greedy, sampled) of the reference
         self.tax_texts = {text_source_name(p): eval_sets.load_texts(p, ec.tax_texts_limit) for p in ec.tax_texts}
         self.ref_tax: dict[str, list[float]] | None = None  # per-text NLL of the reference, per source
+        self.harness_dir = self.harness_tasks = None  # local lm-eval task definitions, the harness's task index
+        if ec.lm_eval_tasks:  # written and checked before any model runs: a misspelt task fails at once
+            self._harness_tmp = tempfile.TemporaryDirectory(prefix="rlhf-lm-eval-")
+            self.harness_dir = harness.write_local_tasks(Path(self._harness_tmp.name), src(ec.hellaswag, "hellaswag"),
+                                                         self.truthfulqa)
+            self.harness_tasks = harness.check_tasks(ec.lm_eval_tasks, self.harness_dir)
         reward_dir = cfg.out_dir("reward")
         self.reward_scorer = None
         if (reward_dir / "config.json").exists():
@@ -260,6 +268,10 @@ class Suite:
         m.update(hellaswag(model, tok, self.hellaswag))
         m.update(squad(model, tok, self.squad, ec, sp))
         m.update(toxicity(model, tok, self.toxicity_prompts, ec, sp, self.toxicity_score, cfg.common.seed))
+        if ec.lm_eval_tasks:
+            m.update(harness.run_tasks(model, tok, ec.lm_eval_tasks, include_path=self.harness_dir,
+                                       limit=ec.lm_eval_limit, batch_size=ec.lm_eval_batch_size, seed=cfg.common.seed,
+                                       manager=self.harness_tasks))
         if self.texts:
             nll = heldout_nll(model, tok, self.texts, ec.perplexity_max_length)
             m.update({"heldout_lm_loss": nll, "perplexity": math.exp(nll)})
@@ -311,6 +323,9 @@ def alignment_tax_table(results: dict[str, dict], reference: str) -> str:
     rows = list(TABLE)
     for src in sources:
         rows.append((f"text_nll_{src}", f"NLL / token, real text: {src}", False))
+    harness_keys = sorted({k for r in results.values() for k in r if k.startswith("lm_eval_")
+                           and not k.endswith(("_stderr", "_n"))})
+    rows += [(k, f"lm-eval {k[len('lm_eval_'):]}", True) for k in harness_keys]
     for key, title, higher in rows:
         if not any(key in r for r in results.values()):
             continue
@@ -321,6 +336,8 @@ def alignment_tax_table(results: dict[str, dict], reference: str) -> str:
                 cells.append("–")
                 continue
             cell = f"{v:.3f}"
+            if f"{key}_stderr" in results[n]:  # the harness's standard error
+                cell += f" ± {results[n][f'{key}_stderr']:.3f}"
             paired = results[n].get(f"{key}_vs_ref")
             if paired is not None:  # the change text by text, with its standard error
                 cell += f" ({paired:+.3f} ± {results[n].get(f'{key}_vs_ref_se', float('nan')):.3f})"
