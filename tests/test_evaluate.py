@@ -69,6 +69,50 @@ def test_gate_fails_on_each_threshold_and_says_why(key, value, failing):
     assert failed[0][1]  # an explanation for the report and the version tag
 
 
+def test_gate_takes_the_win_rate_from_gold_else_the_judge_and_says_which():
+    judged = {"judge_win_rate_vs_ref": 0.66, "judge_win_rate_vs_ref_lo": 0.6, "judge_win_rate_vs_ref_hi": 0.7}
+    no_gold = {k: v for k, v in METRICS.items() if not k.startswith("win_rate")}
+    ref_judged = {**no_gold, "judge_win_rate_vs_ref": 0.5, "judge_win_rate_vs_ref_lo": 0.5, "judge_win_rate_vs_ref_hi": 0.5}
+    (ok, why), = [(ok, why) for n, ok, why in gate({**no_gold, **judged}, ref_judged, PromoteConfig()) if n == "win_rate"]
+    assert ok and "0.660, 95% interval [0.600, 0.700]" in why and "judged by the judge reward model" in why
+    # gold first when both are there (the judge would pass, gold does not)
+    both = {**METRICS, **judged, "win_rate_vs_ref_lo": 0.45}
+    (ok, why), = [(ok, why) for n, ok, why in gate(both, {**METRICS, **ref_judged}, PromoteConfig()) if n == "win_rate"]
+    assert not ok and "judged by the gold reward" in why
+    # neither: refused, saying what to do, never skipped
+    (ok, why), = [(ok, why) for n, ok, why in gate(no_gold, no_gold, PromoteConfig()) if n == "win_rate"]
+    assert not ok and "no preference measure" in why and "evaluate.judge" in why
+
+
+def test_judge_win_rate_by_hand():
+    from components.stages.evaluate import judge_preference
+
+    class Judge:  # a judge that scores an answer by its length
+        def score(self, prompts, answers):
+            return torch.tensor([float(len(a)) for a in answers])
+
+    m = judge_preference(["p1", "p2", "p3", "p4"], ["aaa", "a", "aa", "aaaa"], ["a", "aa", "aa", "a"],
+                         [["aa", "a"]] * 4, [["a"]] * 4, Judge(), seed=0)
+    # greedy: win, loss, tie, win -> (1 + 0 + 0.5 + 1) / 4
+    assert m["judge_win_rate_vs_ref"] == pytest.approx(0.625) and m["judge_preference_n"] == 4
+    assert m["judge_win_rate_vs_ref_lo"] <= 0.625 <= m["judge_win_rate_vs_ref_hi"]
+    assert m["judge_score"] == pytest.approx(2.5)
+    # sampled: each prompt (win "aa" > "a", tie "a" = "a") -> 0.75
+    assert m["judge_win_rate_sampled_vs_ref"] == pytest.approx(0.75)
+
+
+def test_the_policys_own_reward_model_is_refused_as_judge(tmp_path):
+    from components.core.config import load_config
+    from components.core.errors import ConfigError
+    from components.stages.evaluate import judge_scorer
+
+    cfg = load_config(overrides=[f"common.outputs_dir={tmp_path}"])
+    assert judge_scorer(cfg) is None
+    for ref in (str(tmp_path / "reward"), "models:/reward-model@champion", "models:/reward-model/3"):
+        with pytest.raises(ConfigError, match="policy's own reward model"):
+            judge_scorer(load_config(overrides=[f"common.outputs_dir={tmp_path}", f"evaluate.judge={ref}"]))
+
+
 def test_gate_says_when_the_toxicity_difference_is_within_its_standard_error():
     # sd 0.3 over 10 prompts and 0.4 over 17: se sqrt(0.3²/9 + 0.4²/16) = sqrt(0.02) = 0.141
     cand = {**METRICS, **BETTER, "expected_max_toxicity": 0.20, "expected_max_toxicity_std": 0.3, "toxicity_n": 10}
@@ -204,3 +248,31 @@ def test_rlhf_evaluate_a_registered_model(tmp_path, tiny_model_dir, isolated_mlf
     assert len(runs) == 1 and runs[0].data.metrics["eval/truthfulqa_mc2"] == m["truthfulqa_mc2"]
     assert cli.main(["evaluate", "--model", "models:/policy@nobody", "--profile", "test", *common]) == 3  # bad input: exit 3, as a stage
     assert "models:/policy@nobody: not in the registry" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_imported_prompts_get_a_judge_win_rate_and_no_gold(tiny_model_dir, tmp_path):
+    """Prompts with no gold reward (an imported data set): the judge RM gives the preference, labelled judge_*."""
+    import json
+
+    from components.core.config import load_config
+    from components.core.models import save_model_dir
+    from components.stages import reward
+    from components.stages.evaluate import Suite
+
+    judge_dir = tmp_path / "judge"
+    rm, tok = reward.load_reward_backbone(tiny_model_dir)
+    save_model_dir(rm, tok, judge_dir)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "prompts.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "prompt": q, "split": "eval"}) + "\n" for i, q in
+                                                enumerate(["How do I keep basil alive indoors?", "What is a haiku?",
+                                                           "Explain tides to a child."])))
+    (data / "pretrain.jsonl").write_text(json.dumps({"id": "t0", "text": "Some text.", "split": "eval"}) + "\n")
+    cfg = load_config(overrides=["common.profile=test", f"common.outputs_dir={tmp_path / 'outputs'}",
+                                 f"common.data_dir={data}", f"evaluate.judge={judge_dir}"])
+    suite = Suite(cfg)
+    assert not suite.gold and len(suite.prompts) == 3
+    m = suite.run(tiny_model_dir, tiny_model_dir)
+    assert m["judge_preference_n"] == 3 and m["judge_win_rate_vs_ref"] == 0.5  # the reference against itself: ties
+    assert "win_rate_vs_ref" not in m and "gold_reward" not in m

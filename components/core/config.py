@@ -383,6 +383,9 @@ class EvaluateConfig(Section):
                                  "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz.")
     tax_texts_limit: int = Field(64, ge=1, description="Texts used from each tax_texts file (the first ones).")
     tax_max_length: int = Field(128, ge=8, description="Tokens per real text (cut; EOS last).")
+    judge: str = Field("", description="A reward model (folder or models:/ URI) that judges the answers as a labelled "
+                       "proxy where there is no gold reward (prompts not from the built-in generator): judge_win_rate_* "
+                       "metrics; never the policy's own reward model. '' none.")
     lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks run on every model "
                                      "(harness names such as hellaswag or arc_easy need the hub; offline: the local "
                                      "rlhf_hellaswag, rlhf_truthfulqa_mc1, rlhf_truthfulqa_mc2 on the hellaswag / "

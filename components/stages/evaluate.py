@@ -31,12 +31,12 @@ from components.core.config import Config, EvaluateConfig, text_source_name
 from components.core.data import FILES, read_jsonl, split_records
 from components.core.encode import answer_ids, chat_ids, chat_messages, encode_prompts, pad_batch
 from components.core.env import set_offline_env
-from components.core.errors import ModelError
+from components.core.errors import ConfigError, ModelError
 from components.core import harness
 from components.core.hf_metrics import load_metric
 from components.core.models import generate, load_model_dir
 from components.core.plots import bar_chart, write_table_csv
-from components.core.registry import evaluation_file, label
+from components.core.registry import evaluation_file, label, registered_name, resolve_model
 from components.core.scoring import RewardScorer, heldout_nll, per_text_nll
 from components.core.stage import stage_main
 from components.core.toxicity import make_scorer
@@ -170,6 +170,44 @@ def preference(prompts: list[str], greedy: list[str], ref_greedy: list[str], sam
     return out
 
 
+def judge_preference(prompts: list[str], greedy: list[str], ref_greedy: list[str], sampled: list[list[str]] | None,
+                     ref_sampled: list[list[str]] | None, judge, seed: int) -> dict:
+    """The win rate vs the reference as a judge reward model sees it (``judge.score``; equal scores tie), with
+    its standard error and seeded bootstrap 95% interval, greedy and (when given) sampled: ``judge_*`` keys,
+    a labelled proxy for prompts without a gold reward."""
+    n = len(prompts)
+    scores = judge.score(prompts + prompts, greedy + ref_greedy).tolist()
+    s = win_rate_summary([compare(x, y) for x, y in zip(scores[:n], scores[n:])], seed=seed)
+    out = {"judge_win_rate_vs_ref": s["rate"], "judge_win_rate_vs_ref_se": s["se"], "judge_win_rate_vs_ref_lo": s["lo"],
+           "judge_win_rate_vs_ref_hi": s["hi"], "judge_preference_n": s["n"], "judge_score": mean(scores[:n])}
+    if sampled is not None and ref_sampled is not None:
+        def per_prompt(answers: list[list[str]]) -> list[list[float]]:
+            flat = judge.score([p for p, ans in zip(prompts, answers) for _ in ans], [a for ans in answers for a in ans])
+            it = iter(flat.tolist())
+            return [[next(it) for _ in ans] for ans in answers]
+
+        ss = win_rate_summary(prompt_scores(per_prompt(sampled), per_prompt(ref_sampled)), seed=seed)
+        out.update({"judge_win_rate_sampled_vs_ref": ss["rate"], "judge_win_rate_sampled_vs_ref_se": ss["se"],
+                    "judge_win_rate_sampled_vs_ref_lo": ss["lo"], "judge_win_rate_sampled_vs_ref_hi": ss["hi"]})
+    return out
+
+
+def judge_scorer(cfg: Config):
+    """The RewardScorer of ``evaluate.judge`` (a folder or models:/ URI), or None when unset.
+
+    Refuses the policy's own reward model (``outputs/reward`` or the registered ``reward-model``): PPO
+    optimised against it, so its verdict on PPO's answers is the over-optimised proxy, not a judge.
+    """
+    ec = cfg.evaluate
+    if not ec.judge:
+        return None
+    uri_name = ec.judge[len("models:/"):].replace("@", "/").split("/")[0] if ec.judge.startswith("models:/") else None
+    if uri_name == registered_name("reward") or Path(ec.judge).resolve() == cfg.out_dir("reward").resolve():
+        raise ConfigError(f"evaluate.judge={ec.judge}: this is the policy's own reward model (PPO optimised against it); "
+                          "a judge must be trained apart, e.g. on the held-out rankings")
+    return RewardScorer(resolve_model(ec.judge, cfg), cfg.common.system_prompt)
+
+
 def real_text_tax(nll: dict[str, list[float]], ref: dict[str, list[float]] | None) -> dict:
     """The alignment tax on real text, per source: the mean per-token NLL of the model's texts and,
     against the reference (None: this is the reference), the paired change text by text with its
@@ -205,7 +243,9 @@ class Suite:
         _, eval_p = split_records(read_jsonl(data / FILES["prompts"]), cfg.common.eval_fraction, seed)
         _, eval_t = split_records(read_jsonl(data / FILES["pretrain"]), cfg.common.eval_fraction, seed)
         prompts = [r["prompt"] for r in (eval_p[: ec.win_rate_prompts] if ec.win_rate_prompts else eval_p)]
-        self.prompts = prompts if all(synth.parse_task(p) is not None for p in prompts) else []  # gold needs synth tasks
+        self.gold = bool(prompts) and all(synth.parse_task(p) is not None for p in prompts)  # gold needs synth tasks
+        self.judge = judge_scorer(cfg)
+        self.prompts = prompts if self.gold or self.judge is not None else []  # answers only when something judges them
         self.texts = [r["text"] for r in eval_t[: ec.perplexity_texts]]
         self.ref_answers: tuple[list[str], list[list[str]] | None] | None = None  # (greedy, sampled) of the reference
         self.tax_texts = {text_source_name(p): eval_sets.load_texts(p, ec.tax_texts_limit) for p in ec.tax_texts}
@@ -285,8 +325,12 @@ class Suite:
             m.update(real_text_tax(nll, None if is_ref else self.ref_tax))
         if answers is not None:
             (greedy, sampled), (ref_greedy, ref_sampled) = answers, self.ref_answers
-            m.update(preference(self.prompts, greedy, ref_greedy, sampled, ref_sampled, self.reward_scorer,
-                                cfg.common.seed))
+            if self.gold:
+                m.update(preference(self.prompts, greedy, ref_greedy, sampled, ref_sampled, self.reward_scorer,
+                                    cfg.common.seed))
+            if self.judge is not None:
+                m.update(judge_preference(self.prompts, greedy, ref_greedy, sampled, ref_sampled, self.judge,
+                                          cfg.common.seed))
         m["eval_seconds"] = round(time.time() - t0, 1)
         return m
 
@@ -298,6 +342,9 @@ TABLE = [("win_rate_vs_ref", "win rate vs SFT (greedy)", True), ("win_rate_vs_re
          ("win_rate_sampled_vs_ref", "win rate vs SFT (sampled)", True),
          ("win_rate_sampled_vs_ref_lo", "  its 95% interval, low", True),
          ("win_rate_sampled_vs_ref_hi", "  its 95% interval, high", True),
+         ("judge_win_rate_vs_ref", "win rate vs SFT, judge RM (greedy)", True),
+         ("judge_win_rate_vs_ref_lo", "  its 95% interval, low", True), ("judge_win_rate_vs_ref_hi", "  its 95% interval, high", True),
+         ("judge_win_rate_sampled_vs_ref", "win rate vs SFT, judge RM (sampled)", True), ("judge_score", "judge RM score", True),
          ("gold_reward", "gold reward (greedy)", True), ("gold_reward_sampled", "gold reward (sampled)", True),
          *[(f"gold_reward_{f}", f"  gold, {f}", True) for f in synth.FAMILIES],
          *[(f"{f}_rate", f"flaw rate: {f}", False) for f in synth.FLAWS],

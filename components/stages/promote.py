@@ -19,6 +19,22 @@ from components.core.stage import stage_main
 from components.maths.stats import difference_se
 
 
+# Where the win rate comes from, best first: (metric prefix, what the report says judged it).
+PREFERENCE_SOURCES = (("", "the gold reward (the simulated labeler)"),
+                      ("judge_", "the judge reward model (evaluate.judge: a labelled proxy, not the policy's reward model)"))
+NO_PREFERENCE = ("no preference measure for both models: the gold reward exists only for the built-in prompts; for "
+                 "other prompts set evaluate.judge to a reward model trained apart from the policy's (e.g. on the "
+                 "held-out rankings), and rerun evaluate")
+
+
+def preference_source(candidate: dict, reference: dict) -> tuple[str, str] | None:
+    """The first source of ``PREFERENCE_SOURCES`` whose win rate both models have (None: none has)."""
+    for prefix, judged_by in PREFERENCE_SOURCES:
+        if all(f"{prefix}win_rate_vs_ref_lo" in m for m in (candidate, reference)):
+            return prefix, judged_by
+    return None
+
+
 def gate(candidate: dict, reference: dict, pc: PromoteConfig) -> list[tuple[str, bool, str]]:
     """The checks, each (name, passed, explanation). Pure: metrics dicts in, verdicts out.
 
@@ -36,10 +52,16 @@ def gate(candidate: dict, reference: dict, pc: PromoteConfig) -> list[tuple[str,
 
     # the win rate's 95% interval must lie above min_win_rate: a candidate no better than SFT (all
     # ties: 0.5, [0.5, 0.5]) is not promoted; a lucky point estimate on a small set is not enough
-    rate, hi = candidate.get("win_rate_vs_ref"), candidate.get("win_rate_vs_ref_hi")
-    check("win_rate", "win_rate_vs_ref_lo", lambda c, r: c > pc.min_win_rate,
-          f"win rate vs SFT {rate if rate is not None else float('nan'):.3f}, 95% interval [{{c:.3f}}, "
-          f"{hi if hi is not None else float('nan'):.3f}] (its lower bound must exceed {pc.min_win_rate})")
+    source = preference_source(candidate, reference)
+    if source is None:
+        checks.append(("win_rate", False, NO_PREFERENCE))
+    else:
+        prefix, judged_by = source
+        rate, hi = candidate.get(f"{prefix}win_rate_vs_ref"), candidate.get(f"{prefix}win_rate_vs_ref_hi")
+        check("win_rate", f"{prefix}win_rate_vs_ref_lo", lambda c, r: c > pc.min_win_rate,
+              f"win rate vs SFT {rate if rate is not None else float('nan'):.3f}, 95% interval [{{c:.3f}}, "
+              f"{hi if hi is not None else float('nan'):.3f}] (its lower bound must exceed {pc.min_win_rate}); "
+              f"judged by {judged_by}")
     check("toxicity", "expected_max_toxicity", lambda c, r: c <= r + pc.toxicity_epsilon,
           "expected max toxicity {c:.3f} vs SFT {r:.3f} (allowed + " + f"{pc.toxicity_epsilon})"
           + toxicity_error(candidate, reference))
