@@ -344,7 +344,7 @@ def test_real_imports_put_no_conversation_on_both_sides_of_the_split(source, hh_
 # ---------------------------------------------------------------- CLI
 
 
-def test_cli_imports_hh_rlhf(tmp_path, capsys):
+def test_cli_imports_hh_rlhf_writing_every_file_the_pipeline_needs(tmp_path, capsys):
     from components.apps.cli import main
 
     src = conftest.shared_file("hh-rlhf", "harmless-base-test.jsonl.gz")
@@ -352,5 +352,35 @@ def test_cli_imports_hh_rlhf(tmp_path, capsys):
     assert main(["data", "import", "hh-rlhf", str(src), "--out", str(out), "--limit", "50"]) == 0
     comps = read_jsonl(out / "comparisons.jsonl")
     assert 45 <= len(comps) <= 50 and all(c["ranks"] == [0, 1] for c in comps)
-    assert not (out / "demonstrations.jsonl").exists()
+    demos, prompts, texts = (read_jsonl(out / f) for f in ("demonstrations.jsonl", "prompts.jsonl", "pretrain.jsonl"))
+    # the chosen answer is the demonstration; every pair's prompt an RL prompt; the rejected dialogue real text
+    assert [(d["prompt"], d["response"]) for d in demos] == [(c["prompt"], c["responses"][0]) for c in comps]
+    assert [p["prompt"] for p in prompts] == [c["prompt"] for c in comps]
+    assert [t["text"] for t in texts] == [f"{c['prompt']}\n\nAssistant: {c['responses'][1]}" for c in comps]
     assert '"read": 50' in capsys.readouterr().out
+    # nothing is overwritten without --force: exit 3 (bad input), the file named
+    assert main(["data", "import", "hh-rlhf", str(src), "--out", str(out), "--limit", "5"]) == 3
+    assert "comparisons.jsonl: exists (use --force to overwrite)" in capsys.readouterr().err
+    assert len(read_jsonl(out / "prompts.jsonl")) == len(comps)
+
+
+def test_oasst_prompter_messages_without_a_ranked_pair_become_rl_prompts(tmp_path, vr):
+    from components.apps.cli import main
+
+    t = oasst_tree()
+    lone = msg("p3", "prompter", "And green?", user="carol", replies=[msg("p3a", "assistant", "Green is calm.", rank=0)])
+    t["prompt"]["replies"][1]["replies"] = [lone]  # under a2: one ranked reply, no comparison
+    t2 = tree(msg("q1", "prompter", "Name a fruit.", user="dave", replies=[msg("q1a", "assistant", "Apple.")]))
+    src = write_lines(tmp_path / "trees.jsonl", [t, t2])
+    comps, demos, prompts, stats = importers.import_oasst_all(src)
+    assert sorted(c["id"] for c in comps) == ["p1", "p2"] and stats["rl_prompts"] == 2
+    assert {p["id"]: (p["prompt"], p.get("user_id")) for p in prompts} == {
+        "p3": ("Human: Describe red.\n\nAssistant: Red is a colour.\n\nHuman: And green?", "alice"),
+        "q1": ("Name a fruit.", "dave"),
+    }
+    out = tmp_path / "data"
+    assert main(["data", "import", "oasst", str(src), "--out", str(out)]) == 0
+    texts = [r["text"] for r in read_jsonl(out / "pretrain.jsonl")]
+    # the ranked replies that are not their group's demonstration
+    assert sorted(texts) == sorted(r for c in comps for r in c["responses"] if r not in {d["response"] for d in demos})
+    assert vr.validate_dir(out)["success"]

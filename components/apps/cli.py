@@ -63,16 +63,26 @@ def cmd_data_synth(args) -> int:
 
 
 def cmd_data_import(args) -> int:
-    from components.core.data import write_jsonl
+    """Every file the pipeline needs from one real source: comparisons, demonstrations, RL prompts and the
+    pretraining mix (real text of the same records, none of it a demonstration's answer)."""
+    from components.core.data import FILES, write_jsonl
     from components.datasets import importers
 
     out = Path(args.out)
     if args.kind == "hh-rlhf":
         comparisons, stats = importers.import_hh_rlhf(args.src, limit=args.limit)
-        demos = []
+        # hh-rlhf has no demonstrations: the chosen answer is one (the usual SFT set for hh-rlhf); every
+        # pair's prompt is an RL prompt; the pretraining mix is the rejected dialogues (real text, not trained on)
+        demos = [{"id": f"{c['id']}-chosen", "prompt": c["prompt"], "response": c["responses"][0]} for c in comparisons]
+        prompts = [{"id": c["id"], "prompt": c["prompt"]} for c in comparisons]
+        texts = [(c["id"], f"{c['prompt']}\n\nAssistant: {c['responses'][1]}") for c in comparisons]
     else:
-        comparisons, demos, stats = importers.import_oasst(args.src, limit=args.limit)
-    targets = {"comparisons.jsonl": comparisons, "demonstrations.jsonl": demos}
+        comparisons, demos, prompts, stats = importers.import_oasst_all(args.src, limit=args.limit)
+        # the pretraining mix: every ranked reply that is not its group's demonstration
+        best = {d["response"] for d in demos}
+        texts = [(f"{c['id']}-{k}", r) for c in comparisons for k, r in enumerate(c["responses"]) if r not in best]
+    targets = {FILES["comparisons"]: comparisons, FILES["demonstrations"]: demos, FILES["prompts"]: prompts,
+               FILES["pretrain"]: [{"id": i, "text": t} for i, t in texts]}
     for name, recs in targets.items():
         if recs and (out / name).exists() and not args.force:
             raise DataError(f"{out / name}: exists (use --force to overwrite)")
@@ -80,6 +90,8 @@ def cmd_data_import(args) -> int:
         if recs:
             write_jsonl(out / name, recs)
             print(f"wrote {out / name}: {len(recs)} records")
+        else:
+            print(f"warning: {args.src}: nothing for {name} (not written)")
     print("stats: " + json.dumps(stats))
     return 0
 

@@ -68,7 +68,7 @@ _CONTROL = re.compile(f"{CONTROL_CHARS}|{NONCHARACTERS}")
 _CONTROL_TOKEN = control_pattern(SMOLLM2_CONTROL_TOKENS)
 _LINE_BREAKS = re.compile(r"\r\n|[\r\x0b\x0c\x85]")  # -> "\n" (kept as line breaks)
 
-__all__ = ["import_hh_rlhf", "import_oasst", "render_dialogue", "clean_text", "DEFAULT_MAX_CHARS"]
+__all__ = ["import_hh_rlhf", "import_oasst", "import_oasst_all", "render_dialogue", "clean_text", "DEFAULT_MAX_CHARS"]
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -277,7 +277,22 @@ def _oasst_message(msg: Any, where: str, label: str) -> dict[str, Any]:
 def import_oasst(
     src: str | Path, *, limit: int | None = None, max_chars: int = DEFAULT_MAX_CHARS
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """OpenAssistant message trees -> comparisons (K = 2..9) and demonstrations.
+    """OpenAssistant message trees -> comparisons (K = 2..9) and demonstrations (``import_oasst_all``
+    without the RL prompts)."""
+    comparisons, demos, _prompts, stats = import_oasst_all(src, limit=limit, max_chars=max_chars)
+    return comparisons, demos, stats
+
+
+def import_oasst_all(
+    src: str | Path, *, limit: int | None = None, max_chars: int = DEFAULT_MAX_CHARS
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """OpenAssistant message trees -> comparisons (K = 2..9), demonstrations and RL prompts.
+
+    RL prompts: every prompter message that gives no comparison because it has fewer than 2 ranked
+    replies (and is not deleted, nor in a deleted conversation, has a usable text and no control
+    token): ``{"id": message_id, "prompt", "user_id"}``, the prompt rendered as for comparisons. So the
+    policy is trained and evaluated on questions its reward model never saw ranked, as InstructGPT's
+    PPO prompts are apart from its RM's.
 
     For every prompter message (any depth), its assistant replies that are not deleted, have a
     rank, a non-empty text of at most ``max_chars`` characters and a text not already given by a
@@ -289,8 +304,8 @@ def import_oasst(
     from the root (see ``render_dialogue``).
 
     ``limit``: stop after this many trees (None = all). Returns ``(comparisons, demonstrations,
-    stats)``; stats = ``{"format", "source", "read" (trees), "duplicate_trees", "prompter_messages", "imported",
-    "comparisons", "k_histogram", "multi_turn", "demonstrations", "skipped": {reason: n} (one
+    prompts, stats)``; stats = ``{"format", "source", "read" (trees), "duplicate_trees", "prompter_messages", "imported",
+    "comparisons", "k_histogram", "multi_turn", "demonstrations", "rl_prompts", "skipped": {reason: n} (one
     reason per prompter message without a comparison), "replies_dropped": {reason: n},
     "control_chars": {"texts", "chars"}}``. Skip reasons: ``duplicate_message_id`` (a tree listed
     again: the first occurrence wins), ``prompter_deleted``,
@@ -307,6 +322,7 @@ def import_oasst(
     dropped: Counter[str] = Counter()
     comparisons: list[dict[str, Any]] = []
     demos: list[dict[str, Any]] = []
+    prompts: list[dict[str, Any]] = []
     seen_ids: set[str] = set()
     tree_ids: set[str] = set()
     read = prompters = multi_turn = duplicate_trees = 0
@@ -376,6 +392,9 @@ def import_oasst(
                     kept.append((rank, i, rid, rtext))
             if len(kept) < K_MIN:
                 skipped["fewer_than_2_ranked_replies"] += 1
+                rl_prompt = render_dialogue(turns)
+                if text and len(rl_prompt) <= max_chars and not _CONTROL_TOKEN.search(rl_prompt):
+                    prompts.append({"id": mid, "prompt": rl_prompt, **({"user_id": author} if author else {})})
                 continue
             if len({k[0] for k in kept}) == 1:
                 skipped["all_tied"] += 1
@@ -411,8 +430,9 @@ def import_oasst(
         "k_histogram": _k_hist(comparisons),
         "multi_turn": multi_turn,
         "demonstrations": len(demos),
+        "rl_prompts": len(prompts),
         "skipped": dict(sorted(skipped.items())),
         "replies_dropped": dict(sorted(dropped.items())),
         "control_chars": clean.stats(),
     }
-    return comparisons, demos, stats
+    return comparisons, demos, prompts, stats
