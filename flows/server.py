@@ -32,7 +32,7 @@ def listening_pid_ok(pid: int, port: int, timeout: float) -> bool:
     while True:
         try:
             proc = psutil.Process(pid)
-            conns = proc.net_connections(kind="tcp") if hasattr(proc, "net_connections") else proc.connections(kind="tcp")
+            conns = proc.net_connections(kind="tcp")  # psutil >= 6 (pyproject)
         except psutil.NoSuchProcess:
             return False
         except psutil.AccessDenied:
