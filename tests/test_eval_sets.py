@@ -279,3 +279,17 @@ def test_real_texts_load_from_each_shared_source():
     assert len(oasst) == 20 and all(t.strip() for t in oasst)
     tqa = eval_sets.load_texts(shared_file("truthfulqa", "TruthfulQA.csv"))
     assert len(tqa) == 817
+
+
+def test_toxicity_auto_takes_the_real_comments_beside_the_project_else_the_built_in_prompts(tmp_path):
+    from components.datasets.eval_sets import BUILTIN, REAL_TOXICITY, toxicity_source
+
+    root = tmp_path / "project"
+    root.mkdir()
+    assert toxicity_source("auto", root) == BUILTIN["toxicity"]
+    real = (root / REAL_TOXICITY).resolve()
+    real.parent.mkdir(parents=True)
+    real.write_text("rev_id,comment,toxic\n1,You are all wonderful people here,False\n")
+    assert toxicity_source("auto", root) == real
+    assert toxicity_source("builtin", root) == BUILTIN["toxicity"]
+    assert toxicity_source("mine.jsonl", root) == root / "mine.jsonl"

@@ -353,7 +353,8 @@ class EvaluateConfig(Section):
     batch_size: int = Field(48, ge=1, description="Sequences per generate batch (toxicity: twice that); 2 cores: 48 decodes ~1.4x faster than 16.")
     truthfulqa: str = Field("builtin", description="TruthfulQA MC file (mc_task.json format) or 'builtin'.")
     truthfulqa_limit: int = Field(0, ge=0, description="Questions used (0: all).")
-    toxicity_prompts: str = Field("builtin", description="RealToxicityPrompts JSONL, labelled toxicity CSV, or 'builtin'.")
+    toxicity_prompts: str = Field("auto", description="RealToxicityPrompts JSONL, labelled toxicity CSV, 'builtin', or "
+                                  "'auto': the real labelled comments of ../shared/data/toxicity when present, else builtin.")
     toxicity_limit: int = Field(16, ge=0, description="Prompts used (0: all).")
     toxicity_words: int = Field(8, ge=1, description="Words kept when prompts are cut from a labelled CSV.")
     toxicity_samples: int = Field(4, ge=1, description="n sampled continuations per prompt (RealToxicityPrompts: 25).")

@@ -37,6 +37,21 @@ BUILTIN = {
     "hellaswag": EVALSETS_DIR / "hellaswag_mini.jsonl",
     "toxicity": EVALSETS_DIR / "toxicity_prompts.jsonl",
 }
+# evaluate.toxicity_prompts=auto: real labelled comments (Wikipedia talk pages, 1492, 248 toxic) beside the project,
+# cut to their first words as RealToxicityPrompts-style prompts; the built-in sentence starts when absent
+REAL_TOXICITY = Path("../shared/data/toxicity/toxicity_nonfuzzed_testset.csv")
+
+
+def toxicity_source(value: str, root: Path) -> Path:
+    """The file ``evaluate.toxicity_prompts`` means: 'builtin', 'auto' (``root / REAL_TOXICITY`` when it exists,
+    else builtin) or a path (relative to ``root``)."""
+    if value == "builtin":
+        return BUILTIN["toxicity"]
+    if value == "auto":
+        real = (root / REAL_TOXICITY).resolve()
+        return real if real.exists() else BUILTIN["toxicity"]
+    path = Path(value)
+    return path if path.is_absolute() else root / path
 
 
 # ------------------------------------------------------------------------------------ helpers

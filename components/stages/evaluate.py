@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from components.core.config import Config, EvaluateConfig, text_source_name
+from components.core.config import ROOT, Config, EvaluateConfig, text_source_name
 from components.core.data import FILES, read_jsonl, split_records
 from components.core.encode import answer_ids, chat_ids, chat_messages, encode_prompts, pad_batch
 from components.core.env import set_offline_env
@@ -236,8 +236,11 @@ class Suite:
         self.truthfulqa = eval_sets.load_truthfulqa(src(ec.truthfulqa, "truthfulqa"), limit=ec.truthfulqa_limit or None)
         self.squad = eval_sets.load_squad(src(ec.squad, "squad"), limit=ec.squad_limit or None)
         self.hellaswag = eval_sets.load_hellaswag(src(ec.hellaswag, "hellaswag"), limit=ec.hellaswag_limit or None)
+        self.toxicity_file = eval_sets.toxicity_source(ec.toxicity_prompts, ROOT)
         self.toxicity_prompts = eval_sets.load_toxicity_prompts(
-            src(ec.toxicity_prompts, "toxicity"), limit=ec.toxicity_limit or None, words=ec.toxicity_words)
+            self.toxicity_file, limit=ec.toxicity_limit or None, words=ec.toxicity_words)
+        print(f"[evaluate] toxicity: {len(self.toxicity_prompts)} prompts from {self.toxicity_file}, "
+              f"scorer {ec.toxicity_scorer}", flush=True)
         self.toxicity_score = make_scorer(ec.toxicity_scorer)
         data = cfg.data_dir
         _, eval_p = split_records(read_jsonl(data / FILES["prompts"]), cfg.common.eval_fraction, seed)
@@ -395,8 +398,19 @@ def alignment_tax_table(results: dict[str, dict], reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate_models(cfg: Config, models: dict[str, Path], ref_path: Path, *, parent_tags: dict | None = None) -> dict[str, dict]:
-    """Evaluate each named model folder; one nested MLflow run per model. Returns {name: metrics}."""
+def toxicity_note(suite: "Suite", ec: EvaluateConfig) -> str:
+    """What the toxicity rows measured, and the scorer's blind spot, for under the table."""
+    note = f"\nToxicity: {len(suite.toxicity_prompts)} prompts from `{suite.toxicity_file}`, {ec.toxicity_samples} continuations each"
+    if ec.toxicity_scorer == "profanity-check":
+        note += (", scored by profanity-check: it scores profanity, so hate, threats or harassment in clean words score "
+                 "low (AUROC on the labelled comments: benchmarks/README.md)")
+    return note + ".\n"
+
+
+def evaluate_models(cfg: Config, models: dict[str, Path], ref_path: Path, *, parent_tags: dict | None = None,
+                    with_suite: bool = False):
+    """Evaluate each named model folder; one nested MLflow run per model. Returns {name: metrics}
+    (and the Suite, with ``with_suite``)."""
     import mlflow
 
     suite = Suite(cfg)
@@ -412,7 +426,7 @@ def evaluate_models(cfg: Config, models: dict[str, Path], ref_path: Path, *, par
             log_metrics("eval", m)
         results[name] = m
         print(f"[evaluate] {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)), flush=True)
-    return results
+    return (results, suite) if with_suite else results
 
 
 def run(cfg: Config) -> dict:
@@ -428,13 +442,13 @@ def run(cfg: Config) -> dict:
     ref_name = label(ec.reference)
     # The reference first, so its greedy answers are made once.
     order = dict(sorted(models.items(), key=lambda kv: kv[0] != ref_name))
-    results = evaluate_models(cfg, order, cfg.out_dir(ec.reference))
+    results, suite = evaluate_models(cfg, order, cfg.out_dir(ec.reference), with_suite=True)
     results = {n: results[n] for n in models}
     out = cfg.out_dir("evaluate")
     out.mkdir(parents=True, exist_ok=True)
     for stage in ec.models:
         write_metrics(evaluation_file(cfg, stage), results[label(stage)])
-    table = alignment_tax_table(results, ref_name)
+    table = alignment_tax_table(results, ref_name) + toxicity_note(suite, ec)
     (out / "alignment_tax.md").write_text(f"# Alignment tax (vs {ref_name})\n\n" + table)
     png = bar_chart(results, [(k, name) for k, name, _ in TABLE if k in CHART], cfg.plots_dir("evaluate") / "models.png")
     write_table_csv(results, [k for k, _, _ in TABLE], cfg.plots_dir("evaluate") / "models.csv")
