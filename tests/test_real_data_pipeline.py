@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import conftest
 import pytest
+from test_pipeline import FLOW, sh  # the flow under Prefect's test harness; the project's Python in a copy
 
 from components.core.config import set_params
 from components.core.procs import project_copy
@@ -18,20 +17,6 @@ from components.core.procs import project_copy
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-FLOW = ("from prefect.testing.utilities import prefect_test_harness\n"
-        "from flows.rlhf import rlhf_pipeline\n"
-        "with prefect_test_harness(server_startup_timeout=120):\n"
-        "    for r in rlhf_pipeline():\n"
-        "        print('RESULT', r['stage'], r['status'])\n")
-
-
-def sh(cmd: list[str], cwd: Path, timeout: int = 1500) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
-    env.pop("RLHF_PARENT_RUN_ID", None)
-    p = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, timeout=timeout)
-    assert p.returncode == 0, f"{' '.join(cmd)} exited {p.returncode}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
-    return p
 
 
 def test_the_pipeline_runs_on_imported_oasst_rankings_and_the_gate_says_why_it_cannot_promote(tmp_path):
@@ -44,7 +29,7 @@ def test_the_pipeline_runs_on_imported_oasst_rankings_and_the_gate_says_why_it_c
              proj).stdout
     for name in ("comparisons", "demonstrations", "prompts", "pretrain"):
         assert f"data/{name}.jsonl" in out, out
-    run = sh([str(BIN / "python"), "-c", FLOW], proj)
+    run = sh([str(BIN / "python"), "-c", FLOW], proj, timeout=1500)
     status = {l.split()[1]: l.split()[2] for l in run.stdout.splitlines() if l.startswith("RESULT")}
     assert list(status) == ["validate", "base_model", "sft", "rank", "reward", "dpo", "ppo", "ppo_ptx", "evaluate",
                             "promote"] and set(status.values()) == {"ran"}, run.stdout

@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-S", "--set", action="append", metavar="SECTION.KEY=VALUE",
                         help="override a value of params.yaml (repeatable)")
         if profile:
-            sp.add_argument("--profile", help="profile of deltas: quick | test (sets common.profile)")
+            sp.add_argument("--profile", help="profile of deltas: quick | test | oasst (profiles/<name>.yaml; sets common.profile)")
         return sp
 
     sp = with_overrides(sub.add_parser("run", help="run the whole pipeline (edits params.yaml with -S/--profile, like dvc exp run)"))
