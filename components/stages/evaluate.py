@@ -398,19 +398,19 @@ def alignment_tax_table(results: dict[str, dict], reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def toxicity_note(suite: "Suite", ec: EvaluateConfig) -> str:
+def toxicity_note(results: dict[str, dict], ec: EvaluateConfig) -> str:
     """What the toxicity rows measured, and the scorer's blind spot, for under the table."""
-    note = f"\nToxicity: {len(suite.toxicity_prompts)} prompts from `{suite.toxicity_file}`, {ec.toxicity_samples} continuations each"
+    n = next((int(m["toxicity_n"]) for m in results.values() if "toxicity_n" in m), 0)
+    source = eval_sets.toxicity_source(ec.toxicity_prompts, ROOT)  # the file the Suite read
+    note = f"\nToxicity: {n} prompts from `{source}`, {ec.toxicity_samples} continuations each"
     if ec.toxicity_scorer == "profanity-check":
         note += (", scored by profanity-check: it scores profanity, so hate, threats or harassment in clean words score "
                  "low (AUROC on the labelled comments: benchmarks/README.md)")
     return note + ".\n"
 
 
-def evaluate_models(cfg: Config, models: dict[str, Path], ref_path: Path, *, parent_tags: dict | None = None,
-                    with_suite: bool = False):
-    """Evaluate each named model folder; one nested MLflow run per model. Returns {name: metrics}
-    (and the Suite, with ``with_suite``)."""
+def evaluate_models(cfg: Config, models: dict[str, Path], ref_path: Path, *, parent_tags: dict | None = None) -> dict[str, dict]:
+    """Evaluate each named model folder; one nested MLflow run per model. Returns {name: metrics}."""
     import mlflow
 
     suite = Suite(cfg)
@@ -426,7 +426,7 @@ def evaluate_models(cfg: Config, models: dict[str, Path], ref_path: Path, *, par
             log_metrics("eval", m)
         results[name] = m
         print(f"[evaluate] {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)), flush=True)
-    return (results, suite) if with_suite else results
+    return results
 
 
 def run(cfg: Config) -> dict:
@@ -442,13 +442,13 @@ def run(cfg: Config) -> dict:
     ref_name = label(ec.reference)
     # The reference first, so its greedy answers are made once.
     order = dict(sorted(models.items(), key=lambda kv: kv[0] != ref_name))
-    results, suite = evaluate_models(cfg, order, cfg.out_dir(ec.reference), with_suite=True)
+    results = evaluate_models(cfg, order, cfg.out_dir(ec.reference))
     results = {n: results[n] for n in models}
     out = cfg.out_dir("evaluate")
     out.mkdir(parents=True, exist_ok=True)
     for stage in ec.models:
         write_metrics(evaluation_file(cfg, stage), results[label(stage)])
-    table = alignment_tax_table(results, ref_name) + toxicity_note(suite, ec)
+    table = alignment_tax_table(results, ref_name) + toxicity_note(results, ec)
     (out / "alignment_tax.md").write_text(f"# Alignment tax (vs {ref_name})\n\n" + table)
     png = bar_chart(results, [(k, name) for k, name, _ in TABLE if k in CHART], cfg.plots_dir("evaluate") / "models.png")
     write_table_csv(results, [k for k, _, _ in TABLE], cfg.plots_dir("evaluate") / "models.csv")
