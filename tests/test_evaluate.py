@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from components.core.config import PromoteConfig
+from components.core.errors import ValidationFailed
 from components.stages.evaluate import alignment_tax_table, choice_logprobs, choice_logprobs_naive
 from components.maths.metrics import mc_scores
 from components.stages.promote import gate
@@ -188,7 +189,7 @@ def test_promote_moves_champion_only_through_the_gate(tmp_path, tiny_model_dir, 
     from components.core.tracking import stage_run, write_metrics
 
     cfg = load_config(overrides=["common.profile=test", f"common.outputs_dir={tmp_path / 'out'}",
-                                 f"common.metrics_dir={tmp_path / 'metrics'}"])
+                                 f"common.metrics_dir={tmp_path / 'metrics'}", f"common.data_dir={tmp_path / 'data'}"])
     client = MlflowClient(isolated_mlflow)
     for version, win in ((1, 0.3), (2, 0.7), (3, 0.2)):
         with stage_run(cfg, "ppo"):
@@ -208,6 +209,39 @@ def test_promote_moves_champion_only_through_the_gate(tmp_path, tiny_model_dir, 
     report = (cfg.out_dir("promote") / "report.md").read_text()
     assert "policy v3 not promoted**; `champion` stays v2" in report and "| win_rate | FAIL |" in report
     assert json.loads(json.dumps(result))["champion"] == "policy/2"
+
+    # v4 has no gold win rate (imported prompts): blind A/B judgements of policy v4 against sft v1 decide
+    from components.apps import ab
+    from components.core.data import write_jsonl
+
+    with stage_run(cfg, "ppo"):
+        register_model(tiny_model_dir, cfg, "ppo", name="policy")
+    write_metrics(cfg.metrics_file("ppo"), {"model_version": 4})
+    write_metrics(cfg.metrics_file("sft"), {"model_version": 1})
+    no_gold = {k: v for k, v in METRICS.items() if not k.startswith("win_rate")}
+    write_metrics(cfg.out_dir("evaluate") / "sft.json", no_gold)
+    write_metrics(cfg.out_dir("evaluate") / "ppo.json", no_gold)
+    with stage_run(cfg, "promote"):
+        assert not promote.run(cfg)["promoted"]  # no preference measure at all
+    assert "rlhf label --compare models:/policy/4 models:/sft/1" in (cfg.out_dir("promote") / "report.md").read_text()
+    versions = ["models:/sft/1", "models:/policy/4"]  # the queue may hold the pair in either order
+    queue = {f"q{i}": {"id": f"q{i}", "prompt": f"Question {i}?", "answers": [f"SFT {i}", f"PPO {i}"],
+                       "model_versions": versions} for i in range(24)}
+    out = cfg.data_dir / "judgements.jsonl"
+    for i, item in enumerate(queue.values()):
+        shown = ab.shown_answers(item, "alice", 0)
+        choice = "tie" if i % 6 == 0 else ("first" if shown[0] == item["answers"][1] else "second")  # PPO's wins
+        ab.judge(queue, out, {"queue_item": item["id"], "labeler": "alice", "shown": shown, "choice": choice,
+                              "pair": ab.pair_token(versions)})
+    with stage_run(cfg, "promote"):
+        result = promote.run(cfg)
+    report = (cfg.out_dir("promote") / "report.md").read_text()
+    assert result["promoted"] and "judged by blind A/B judgements (24 prompts, 24 judgements by 1 labelers" in report
+    assert "win rate vs SFT 0.917" in report  # (20 wins + 4 ties / 2) / 24
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:-1] + [lines[-1].replace('"winner": "b"', '"winner": "B"')]) + "\n")
+    with pytest.raises(ValidationFailed, match=r"judgements.jsonl:24 \[q23/alice\] winner: allowed_value"):
+        promote.run(cfg)  # a bad judgement stops the gate, naming file, line, record and field
 
 
 def test_rlhf_evaluate_a_registered_model(tmp_path, tiny_model_dir, isolated_mlflow, capsys):

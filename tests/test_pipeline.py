@@ -173,6 +173,25 @@ def test_deleted_outputs_are_restored_not_trusted_to_the_cache(project):
     assert changed_stages(proj) == set()
 
 
+def test_blind_ab_judgements_rerun_only_validate_and_promote(project):
+    """`rlhf label --compare` judgements of the candidate vs SFT go to data/ (versioned with `--commit`), but
+    they train nothing: the next run reruns validate (the data changed, its report did not) and promote,
+    which reads them; every training stage stays cached."""
+    proj, _ = project
+    rlhf = str(BIN / "rlhf")
+    out = sh([rlhf, "label", "--compare", "models:/policy@candidate", "models:/sft/1", "--simulated",
+              "-S", "label.ab_prompts=8"], proj).stdout
+    assert "models:/policy/1 vs models:/sft/1: win rate of A" in out, out
+    sh([rlhf, "label", "--commit"], proj)
+    assert changed_stages(proj) == {"validate", "promote"}
+    statuses = flow_statuses(sh([str(BIN / "python"), "-c", FLOW], proj).stdout)
+    assert statuses["validate"] == statuses["promote"] == "ran", statuses
+    assert all(v == "cached (inputs unchanged)" for k, v in statuses.items() if k not in ("validate", "promote")), statuses
+    report = json.loads((proj / "outputs" / "promote" / "judgements" / "report.json").read_text())
+    assert report["success"] and report["files"]["judgements.jsonl"]["records"] >= 1  # the gate read them
+    assert changed_stages(proj) == set()
+
+
 def test_rerun_is_cached_and_a_param_change_reruns_only_dependents(project):
     proj, _ = project
     again = sh([str(BIN / "python"), "-c", FLOW], proj).stdout

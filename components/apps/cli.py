@@ -12,6 +12,7 @@
     rlhf sample --model REF --prompts FILE [--k 4]        K answers per prompt -> the labeling queue
     rlhf label [--labeler NAME] [--port 8765]             the ranking page on 127.0.0.1 (human feedback)
     rlhf label --simulated | --report | --commit          simulated labeler, agreement, gate + dvc add
+    rlhf label --compare MODEL_A MODEL_B [--simulated]    blind A/B judgements of two models (win rate: --report)
 """
 
 from __future__ import annotations
@@ -168,11 +169,50 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def compare(cfg, args) -> int:
+    """``rlhf label --compare A B``: the pair queue (sampled unless it compares these versions already),
+    then the A/B page, or the simulated labeler with --simulated."""
+    from components.apps import ab
+
+    if args.report or args.commit:
+        raise DataError("--compare: use --report or --commit without --compare (they cover every pair)")
+    queue = resolve(args.queue or cfg.label.ab_queue)
+    judged = ab.judgements_path(cfg)
+    prompts = args.prompts or cfg.data_dir / "prompts.jsonl"
+    versions = tuple(ab.model_version_of(m, resolve_model(m, cfg)) for m in args.compare)
+    if ab.queue_versions(queue) == versions and not args.prompts:
+        print(f"A/B queue {queue}: reused (it compares {versions[0]} and {versions[1]})")
+    else:
+        s = ab.sample_pair(cfg, *args.compare, prompts, out_queue=queue)
+        print(f"wrote {s['queue']}: {s['items']} items comparing {s['model_versions'][0]} (A) and "
+              f"{s['model_versions'][1]} (B)" + (f"; {s['identical']} prompts left out: both answers the same"
+                                                 if s["identical"] else "")
+              + (f"; {s['no_answer']} without an answer" if s["no_answer"] else ""))
+    if args.simulated:
+        s = ab.simulate(cfg, queue, judged, labelers=args.labelers)
+        print(f"simulated labeler: {s['written']} judgements of {s['items']} items appended to {judged}")
+        print(ab.report(queue, judged, seed=cfg.common.seed))
+        return 0
+    try:
+        from components.datasets.rules import control_tokens_for
+
+        app = ab.make_app(queue, judged, seed=cfg.common.seed, labeler=args.labeler,
+                          control_tokens=control_tokens_for(cfg, "label"))
+    except ab.SubmissionError as e:
+        raise DataError(f"--{e}") from None
+    print(f"A/B page: http://{args.host}:{args.port}/?labeler={args.labeler}  (queue {queue}, judgements -> "
+          f"{judged}; Ctrl-C to stop)", flush=True)
+    ab.serve(app, args.host, args.port)
+    return 0
+
+
 def cmd_label(args) -> int:
     """The ranking page, or --simulated / --report / --commit."""
     from components.apps import label
 
     cfg = load_config(overrides=_overrides(args))
+    if args.compare:
+        return compare(cfg, args)
     queue = resolve(args.queue or cfg.label.queue)
     out = resolve(args.out) if args.out else label.comparisons_path(cfg)
     if args.commit:
@@ -180,6 +220,14 @@ def cmd_label(args) -> int:
         return 0
     if args.report:
         print(label.report(queue, out))
+        from components.apps import ab
+
+        ab_queue, judged = resolve(cfg.label.ab_queue), ab.judgements_path(cfg)
+        if ab_queue.exists() or judged.exists():
+            from components.datasets.rules import check_judgements
+
+            check_judgements(cfg.data_dir, cfg.out_dir("label") / "judgements_report", control_tokens=())  # names a bad line
+            print(ab.report(ab_queue, judged, seed=cfg.common.seed))
         return 0
     if args.simulated:
         s = label.simulate(cfg, queue, out, labelers=args.labelers)
@@ -299,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--report", action="store_true", help="progress per labeler and inter-labeler agreement")
     mode.add_argument("--commit", action="store_true", help="run the data gate, then dvc add the data folder")
     sp.add_argument("--labelers", type=int, help="simulated labelers (default: label.labelers)")
+    sp.add_argument("--compare", nargs=2, metavar=("MODEL_A", "MODEL_B"),
+                    help="blind A/B: one answer of each model per prompt, models hidden; judgements go to "
+                         "<common.data_dir>/judgements.jsonl (with --simulated: the simulated labeler judges)")
+    sp.add_argument("--prompts", help="with --compare: prompts file to sample the A/B queue from "
+                                      "(default: <common.data_dir>/prompts.jsonl; label.ab_prompts of them)")
     sp.set_defaults(func=cmd_label)
 
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="data_command", required=True)

@@ -69,7 +69,7 @@ def read_prompts(path: str | Path) -> list[dict]:
     return out
 
 
-def _model_version(ref: str, path: Path) -> str:
+def model_version_of(ref: str, path: Path) -> str:
     """An immutable name of what was loaded: ``models:/<name>/<version>`` for a registry ref, else the folder."""
     if str(ref).startswith("models:/") and re.fullmatch(r"v\d+", path.name):  # tracking.resolve_model's cache
         return f"models:/{path.parent.name}/{path.name[1:]}"
@@ -94,7 +94,7 @@ def sample(cfg: Config, model_ref: str, prompts_file: str | Path, k: int | None 
     out_queue = resolve(out_queue or lab.queue)
     prompts = read_prompts(prompts_file)
     path = resolve_model(model_ref, cfg)
-    version = _model_version(model_ref, path)
+    version = model_version_of(model_ref, path)
     model, tok = load_model_dir(path, allow_pickle=cfg.base_model.allow_pickle)
     if torch.cuda.is_available():
         model.cuda()
@@ -379,6 +379,9 @@ def commit(cfg: Config, data_dir: Path | None = None) -> str:
     (validate.ValidationFailed propagates). Returns what to commit."""
     data_dir = Path(data_dir or cfg.data_dir).resolve()
     result = validate.run(cfg, data_dir=data_dir)
+    from components.datasets import rules
+
+    rules.check_judgements(data_dir, cfg.out_dir("label") / "judgements_report", rules.control_tokens_for(cfg, "label"))
     rel = os.path.relpath(data_dir, ROOT)
     done = dvc("add", rel, check=False)
     if done.returncode != 0:
@@ -440,34 +443,37 @@ def make_app(queue_path: Path, comparisons: Path, *, seed: int = 0, labeler: str
                  "answers": [item["answers"][i] for i in order]}
         return prog | {"item": shown}
 
-    async def body(request: Request) -> Any:
-        too_big = SubmissionError("body", f"larger than {max_body_bytes} bytes", 413)
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_body_bytes:
-            raise too_big
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > max_body_bytes:
-                raise too_big
-        try:
-            return json.loads(bytes(data))
-        except ValueError as e:
-            raise SubmissionError("body", f"not valid JSON ({e})", 400) from None
-
     @app.post("/api/submit")
     async def submit_ranking(request: Request):
-        payload = await body(request)
+        payload = await read_body(request, max_body_bytes)
         rec, written = await run_in_threadpool(submit, queue, comparisons, payload)
         return {"ok": True, "id": rec["id"], "duplicate": not written} | progress(rec["labeler"])[1]
 
     @app.post("/api/flag")
     async def flag_item(request: Request):
-        payload = await body(request)
+        payload = await read_body(request, max_body_bytes)
         rec, written = await run_in_threadpool(flag, queue, comparisons, payload)
         return {"ok": True, "id": rec["id"], "duplicate": not written} | progress(rec["labeler"])[1]
 
     return app
+
+
+async def read_body(request, max_body_bytes: int) -> Any:
+    """The JSON body of a POST, read chunk by chunk: 413 as soon as it passes ``max_body_bytes``
+    (a declared Content-Length over it is refused unread), 400 when it is not JSON."""
+    too_big = SubmissionError("body", f"larger than {max_body_bytes} bytes", 413)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body_bytes:
+        raise too_big
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > max_body_bytes:
+            raise too_big
+    try:
+        return json.loads(bytes(data))
+    except ValueError as e:
+        raise SubmissionError("body", f"not valid JSON ({e})", 400) from None
 
 
 def serve(app, host: str, port: int) -> None:

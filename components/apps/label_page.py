@@ -3,7 +3,7 @@
 A labeler sees one prompt and its K answers (in an order the server seeds per labeler), puts the
 best on top by dragging (HTML5 drag and drop) or with keys (1-9 select, arrow keys move), marks ties
 with the sign between two answers ("D > C > A = B"), and submits; or skips, or flags the item.
-All text from the queue is set with textContent, never parsed as HTML.
+All text from the queue is set with textContent, never parsed as HTML. ``AB_PAGE`` (below) is the blind A/B page.
 """
 
 PAGE = r"""<!DOCTYPE html>
@@ -205,6 +205,138 @@ document.addEventListener("keydown", e => {
 $("submit").onclick = submit;
 $("skip").onclick = skip;
 $("flagbtn").onclick = flagItem;
+$("labeler").value = labeler;
+$("labeler").onchange = () => {
+  labeler = $("labeler").value.trim();
+  skipped = [];
+  history.replaceState(null, "", `?labeler=${encodeURIComponent(labeler)}`);
+  say("", "");
+  load().catch(err => say(err.message, "err"));
+};
+load().catch(err => say(err.message, "err"));
+</script>
+</body></html>
+"""
+
+
+# The blind A/B page served by ``rlhf label --compare`` (components/apps/ab.py): a prompt and two answers
+# side by side, labelled 1 and 2 only (which model wrote which is never sent to the page); the labeler
+# picks one or a tie (buttons, or keys 1, 2, T), or skips (S).
+AB_PAGE = r"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Which answer is better?</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f4f6f8;color:#1f2933}
+header{display:flex;align-items:center;gap:1.2em;padding:.7em 1.4em;background:#263238;color:#eceff1}
+header h1{font-size:1.1em;margin:0;flex:1;font-weight:600}
+header input{font:inherit;padding:.15em .4em;border-radius:4px;border:1px solid #90a4ae;width:9em}
+#bar{width:180px;height:8px;background:#455a64;border-radius:4px;overflow:hidden}
+#bar>div{height:100%;width:0;background:#9ccc65;transition:width .3s}
+main{max-width:1100px;margin:1.4em auto;padding:0 1em}
+.label{color:#607d8b;font-size:.8em;text-transform:uppercase;letter-spacing:.05em;margin:.2em 0}
+.prompt{background:#fff;border-left:4px solid #1976d2;padding:.8em 1em;white-space:pre-wrap;border-radius:4px;
+  box-shadow:0 1px 2px #0001;font-size:1.05em}
+.help{color:#52606d;font-size:.85em;margin:.9em 0}
+kbd{background:#fff;border:1px solid #cbd2d9;border-bottom-width:2px;border-radius:3px;padding:0 .3em;font-size:.9em}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:1em}
+.answer{background:#fff;border:2px solid #d9e2ec;border-radius:6px;padding:.7em .9em;box-shadow:0 1px 2px #0001}
+.answer .text{white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.4;margin-top:.4em}
+.actions{display:flex;gap:.6em;align-items:center;justify-content:center;margin:1.1em 0;flex-wrap:wrap}
+.actions button{font:inherit;padding:.45em 1.2em;border-radius:4px;border:1px solid #1976d2;background:#fff;color:#0d47a1;cursor:pointer}
+.actions button.pick{background:#1976d2;color:#fff}
+#msg{margin:.8em 0;min-height:1.3em;text-align:center}
+.err{color:#c62828;font-weight:600}.ok{color:#2e7d32}
+#empty{background:#fff;padding:2em;text-align:center;border-radius:6px;font-size:1.1em}
+</style></head>
+<body>
+<header><h1>Which answer is better?</h1>
+  <label>Labeler <input id="labeler" autocomplete="off"></label>
+  <span id="progress"></span><div id="bar"><div></div></div>
+</header>
+<main>
+  <div id="empty" hidden></div>
+  <section id="task" hidden>
+    <div class="label">Prompt <span id="ptype"></span></div>
+    <div class="prompt" id="prompt"></div>
+    <p class="help">Two answers to the prompt, in no particular order. Pick the better one, or a tie when neither is
+      better: <kbd>1</kbd> or <kbd>2</kbd>, <kbd>T</kbd> for a tie, <kbd>S</kbd> skips.</p>
+    <div class="pair">
+      <div class="answer"><div class="label">Answer 1</div><div class="text" id="answer-0"></div></div>
+      <div class="answer"><div class="label">Answer 2</div><div class="text" id="answer-1"></div></div>
+    </div>
+    <div class="actions">
+      <button class="pick" id="first">1 is better</button>
+      <button id="tie">Tie</button>
+      <button class="pick" id="second">2 is better</button>
+      <button id="skip">Skip</button>
+    </div>
+    <div id="msg"></div>
+  </section>
+</main>
+<script>
+let labeler = new URLSearchParams(location.search).get("labeler") || __LABELER__;
+let item = null, skipped = [], busy = false;
+const $ = id => document.getElementById(id);
+const WORDS = {first: "answer 1 is better", second: "answer 2 is better", tie: "a tie"};
+
+function say(text, cls) { $("msg").textContent = text; $("msg").className = cls || ""; }
+
+async function api(path, body) {
+  const init = body === undefined ? {} :
+    {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
+  const r = await fetch(path, init);
+  const data = await r.json().catch(() => ({error: `${r.status} ${r.statusText}`}));
+  if (!r.ok) throw new Error(data.error || `${r.status} ${r.statusText}`);
+  return data;
+}
+
+async function load() {
+  const q = `labeler=${encodeURIComponent(labeler)}&skip=${encodeURIComponent(skipped.join(","))}`;
+  const d = await api(`/api/next?${q}`);
+  $("progress").textContent = `${d.done} done \u00b7 ${d.remaining} remaining`;
+  $("bar").firstElementChild.style.width = (d.total ? 100 * d.done / d.total : 0) + "%";
+  item = d.item;
+  $("task").hidden = !item;
+  $("empty").hidden = !!item;
+  if (!item) {
+    $("empty").textContent = d.skipped ? `Only ${d.skipped} skipped item(s) left: reload the page to see them again.`
+                                       : "All done, thank you! Nothing left to judge.";
+    return;
+  }
+  $("prompt").textContent = item.prompt;
+  $("ptype").textContent = item.prompt_type ? `(${item.prompt_type})` : "";
+  item.answers.forEach((a, i) => { $("answer-" + i).textContent = a; });
+}
+
+async function act(fn) {
+  if (!item || busy) return;
+  busy = true;
+  try { await fn(); } catch (err) { say(err.message, "err"); } finally { busy = false; }
+}
+
+const choose = choice => act(async () => {
+  const d = await api("/api/judge", {queue_item: item.id, labeler, pair: item.pair, shown: item.answers, choice});
+  say(d.duplicate ? "You had already judged this item: your first judgement is kept." : `Saved: ${WORDS[choice]}.`, "ok");
+  await load();
+});
+
+const skip = () => act(async () => { skipped.push(item.id); say("Skipped.", ""); await load(); });
+
+document.addEventListener("keydown", e => {
+  const t = e.target.tagName;
+  if (!item || t === "INPUT" || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.key === "1") choose("first");
+  else if (e.key === "2") choose("second");
+  else if (e.key === "t" || e.key === "T") choose("tie");
+  else if (e.key === "s" || e.key === "S") skip();
+  else return;
+  e.preventDefault();
+});
+
+$("first").onclick = () => choose("first");
+$("second").onclick = () => choose("second");
+$("tie").onclick = () => choose("tie");
+$("skip").onclick = skip;
 $("labeler").value = labeler;
 $("labeler").onchange = () => {
   labeler = $("labeler").value.trim();

@@ -413,6 +413,7 @@ class PromoteConfig(Section):
     truthfulqa_epsilon: float = Field(0.05, ge=0, description="TruthfulQA MC1 may fall below SFT's by at most this.")
     allowed_tax: float = Field(0.05, ge=0, description="Each NLP score (SQuAD F1, HellaSwag accuracy, 0..1) may fall by at most this.")
     allowed_perplexity_ratio: float = Field(1.25, ge=1, description="Held-out perplexity may be at most this times SFT's.")
+    min_ab_prompts: int = Field(20, ge=2, description="Blind A/B judgements (rlhf label --compare, <common.data_dir>/judgements.jsonl) of the candidate vs the reference count as the preference measure from this many judged prompts on.")
 
 
 class LabelConfig(Section):
@@ -427,6 +428,8 @@ class LabelConfig(Section):
     queue: str = Field("outputs/label/queue.jsonl", description="The queue of items to rank (rlhf sample writes it).")
     comparisons: str = Field("", description="Where rankings are appended; '' = <common.data_dir>/comparisons.jsonl. Flags go to flags.jsonl beside it.")
     labelers: int = Field(1, ge=1, description="Simulated labelers per item (rlhf label --simulated).")
+    ab_queue: str = Field("outputs/label/ab_queue.jsonl", description="The blind A/B queue of rlhf label --compare: one answer of each model per prompt. Judgements go to <common.data_dir>/judgements.jsonl.")
+    ab_prompts: int = Field(50, ge=1, description="Prompts (the first of --prompts) in an A/B queue.")
 
 
 class FlowConfig(Section):

@@ -40,8 +40,10 @@ from typing import Any
 
 from components.core.data import (BOM, BOM_MESSAGE, CONTROL_CHARS, FILES, K_MAX, K_MIN, SPLITS, DuplicateKey,
                                   iter_jsonl, json_problem, loads_object, lone_surrogate, split_of)
-from components.core.errors import DataError
+from components.core.errors import DataError, ValidationFailed
 from components.core.encode import SMOLLM2_CONTROL_TOKENS, control_pattern, gate_control_tokens
+from components.datasets.judgements import FILE as JUDGEMENTS
+from components.datasets.judgements import WINNERS
 
 PROMPT_TYPES = ("open", "closed")
 # Unicode non-characters (permanently reserved, never text: U+FDD0..U+FDEF and the last two code
@@ -69,8 +71,15 @@ SCHEMAS: dict[str, dict[str, dict[str, str]]] = {
         "required": {"id": "str", "text": "str"},
         "optional": {"split": "str"},
     },
+    # blind A/B judgements (components/datasets/judgements.py): evaluation data, not training data, so
+    # the validate stage leaves them out (``JUDGEMENTS``); `rlhf label --commit` and promote check them
+    JUDGEMENTS: {
+        "required": {"id": "str", "prompt": "str", "responses": "list[str]", "model_versions": "list[str]",
+                     "winner": "str", "labeled_at": "str", "queue_item": "str", "labeler": "str"},
+        "optional": {"prompt_type": "str", "shown_first": "str"},
+    },
 }
-ALLOWED_VALUES = {"split": SPLITS, "prompt_type": PROMPT_TYPES}
+ALLOWED_VALUES = {"split": SPLITS, "prompt_type": PROMPT_TYPES, "winner": WINNERS, "shown_first": ("a", "b")}
 # Text field -> the validate_dir keyword that bounds its length.
 LIMIT_ARGS = {"prompt": "max_prompt_chars", "response": "max_response_chars",
               "responses": "max_response_chars", "text": "max_text_chars"}
@@ -80,7 +89,7 @@ RULES = (
     "file_missing", "file_empty", "valid_utf8", "no_bom", "valid_json", "unique_keys", "json_object", "valid_unicode",
     "required", "type", "unknown_field", "non_empty", "max_length", "no_control_chars", "no_noncharacters",
     "no_control_tokens", "allowed_value", "unique_id", "k_in_range", "ranks_valid_for_responses",
-    "ranks_not_all_equal", "distinct_responses", "user_in_one_split",
+    "ranks_not_all_equal", "distinct_responses", "user_in_one_split", "one_pair",
 )
 LINE_RULES = ("valid_utf8", "no_bom", "valid_json", "unique_keys", "json_object", "valid_unicode")
 
@@ -204,6 +213,11 @@ def _row(rec: dict, schema: dict, user_ok: dict[str, bool]) -> dict[str, Any]:
     if "user_id" in fields:
         u = typed["user_id"]
         row["_user_in_one_split"] = user_ok.get(u) if u else None
+    if "model_versions" in fields:  # a judgement: two distinct answers of two distinct model versions
+        resp, versions = typed["responses"], typed["model_versions"]
+        row["_one_pair"] = None if resp is None or versions is None else (
+            len(resp) == 2 and len({visible_strip(r) for r in resp}) == 2 and len(versions) == 2
+            and all(v.strip() for v in versions) and versions[0] != versions[1])
     return row
 
 
@@ -254,6 +268,8 @@ def _expectations(name: str, limits: dict, control_regex: str) -> list[tuple[str
     if "user_id" in fields:
         ex.append(("user_in_one_split", "user_id", "ExpectColumnValuesToBeInSet",
                    {"column": "_user_in_one_split", "value_set": [True]}))
+    if "model_versions" in fields:
+        ex.append(("one_pair", "model_versions", "ExpectColumnValuesToBeInSet", {"column": "_one_pair", "value_set": [True]}))
     return ex
 
 
@@ -339,6 +355,9 @@ def _message(rule: str, field: str | None, rec: dict, ctx: dict) -> str:
         sides = ctx["user_sides"][v]
         where = "; ".join(f"{s}: {', '.join(sides[s][:3])}{', ...' if len(sides[s]) > 3 else ''}" for s in SPLITS)
         return f"user {v!r} is in both train and eval ({where})"
+    if rule == "one_pair":
+        return (f"a judgement compares 2 distinct answers of 2 distinct model versions: got {len(rec['responses'])} "
+                f"responses and model_versions {_short(v)}")
     raise ValueError(f"no message for rule {rule!r}")
 
 
@@ -505,7 +524,7 @@ def validate_dir(
                 failures.append(_failure(path, lineno, rid, field_name, rule, _message(rule, field, rec, ctx)))
         files[name]["success"] = all(e["success"] for e in files[name]["expectations"])
 
-    order = {name: i for i, name in enumerate(FILES.values())}
+    order = {name: i for i, name in enumerate([*FILES.values(), JUDGEMENTS])}
     failures.sort(key=lambda x: (order[Path(x["file"]).name], x["line"] or 0, RULES.index(x["rule"])))
     return {"success": not failures and all(f["success"] for f in files.values()),
             "data_dir": str(data_dir), "control_tokens": control_tokens, "files": files, "failures": failures}
@@ -518,6 +537,22 @@ def control_tokens_for(cfg, who: str = "validate") -> tuple[str, ...]:
     tokens, sources = gate_control_tokens(cfg.base_model.source, cfg.out_dir("base_model"))
     print(f"[{who}] text may not hold the {len(tokens)} control tokens of: {'; '.join(sources)}", flush=True)
     return tokens
+
+
+def check_judgements(data_dir: str | Path, report_dir: str | Path, control_tokens: Iterable[str]) -> int:
+    """The suite of ``judgements.jsonl`` (blind A/B judgements) when ``data_dir`` has one, its report in
+    ``report_dir``: ValidationFailed naming file, line, record and field; returns the number of
+    judgements (0: no file). The validate stage leaves this file out: it trains nothing, and adding
+    judgements must not retrain a model. `rlhf label --commit` and the promote stage run it."""
+    if not (Path(data_dir) / JUDGEMENTS).exists():
+        return 0
+    rep = validate_dir(data_dir, only=(JUDGEMENTS,), control_tokens=control_tokens)
+    json_path, _ = write_report(rep, report_dir)
+    if not rep["success"]:
+        n = len(rep["failures"])
+        raise ValidationFailed(f"judgements validation failed: {n} problem{'s' if n != 1 else ''} in "
+                               f"{Path(data_dir) / JUDGEMENTS} (report: {json_path})\n{format_failures(rep)}")
+    return rep["files"][JUDGEMENTS]["records"]
 
 
 def report_dirs(cfg, data: str | Path | None, report_dir: str | Path | None) -> tuple[Path, Path]:
