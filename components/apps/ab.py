@@ -28,7 +28,8 @@ from random import Random
 from typing import Any
 
 from components.apps.label import (MAX_BODY_BYTES, SubmissionError, _item_of, append_once, model_version_of,
-                                   check_labeler, read_body, read_prompts, read_records, serve, shown_order)
+                                   check_labeler, page_app, read_body, read_prompts, read_records, require_gold, serve,
+                                   shown_order)
 from components.apps.label_page import AB_PAGE
 from components.core.config import Config, resolve
 from components.core.data import iter_jsonl, write_jsonl
@@ -175,10 +176,7 @@ def simulate(cfg: Config, queue_path: Path, judgements: Path, labelers: int | No
     from tqdm.auto import tqdm
 
     queue = read_pair_queue(queue_path)
-    for item in queue.values():
-        if synth.parse_task(item["prompt"]) is None:
-            raise DataError(f"{queue_path} [{item['id']}]: the prompt was not written by the built-in generator, "
-                            "so the simulated labeler has no gold reward for it; judge it on the page instead")
+    require_gold(queue_path, queue, "judge")
     written = 0
     for j in range(labelers or cfg.label.labelers):
         name = f"sim-{j}"
@@ -219,8 +217,7 @@ def report(queue_path: Path, judgements: Path, seed: int = 0) -> str:
 def make_app(queue_path: Path, judgements: Path, *, seed: int = 0, labeler: str = "labeler",
              control_tokens: tuple[str, ...] | None = None, max_body_bytes: int = MAX_BODY_BYTES):
     """The FastAPI app of the A/B page: GET /, GET /api/next, POST /api/judge (refusals as label.make_app's)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi import Request
     from starlette.concurrency import run_in_threadpool
 
     # (no `from __future__ import annotations` in this module: FastAPI reads these annotations at runtime)
@@ -228,32 +225,15 @@ def make_app(queue_path: Path, judgements: Path, *, seed: int = 0, labeler: str 
 
     queue = read_pair_queue(queue_path)
     check_queue_text(queue_path, control_tokens)
-    default = check_labeler(labeler)
-    app = FastAPI(title="rlhf label --compare", docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.exception_handler(SubmissionError)
-    async def refused(request, e: SubmissionError):
-        return JSONResponse({"error": str(e), "field": e.field}, status_code=e.status)
+    def show(item: dict, name: str) -> dict:
+        return {"id": item["id"], "prompt": item["prompt"], "prompt_type": item.get("prompt_type"),
+                "answers": shown_answers(item, name, seed), "pair": pair_token(item["model_versions"])}
 
-    def progress(name: str) -> tuple[set[str], dict]:
-        done = {r.get("queue_item") for r in read_records(judgements) if r.get("labeler") == name} & set(queue)
-        return done, {"labeler": name, "done": len(done), "remaining": len(queue) - len(done), "total": len(queue)}
+    def done_of(name: str) -> set[str]:
+        return {r.get("queue_item") for r in read_records(judgements) if r.get("labeler") == name}
 
-    @app.get("/", response_class=HTMLResponse)
-    def page():
-        return AB_PAGE.replace("__LABELER__", json.dumps(default))
-
-    @app.get("/api/next")
-    def next_item(labeler: str = default, skip: str = ""):
-        name = check_labeler(labeler)
-        done, prog = progress(name)
-        todo = [i for i in queue if i not in done]
-        skipped = set(skip.split(",")) if skip else set()
-        item = next((queue[i] for i in todo if i not in skipped), None)
-        if item is None:
-            return prog | {"item": None, "skipped": len(todo)}
-        return prog | {"item": {"id": item["id"], "prompt": item["prompt"], "prompt_type": item.get("prompt_type"),
-                                "answers": shown_answers(item, name, seed), "pair": pair_token(item["model_versions"])}}
+    app, progress = page_app("rlhf label --compare", AB_PAGE, queue, done_of, show, labeler)
 
     @app.post("/api/judge")
     async def submit_judgement(request: Request):

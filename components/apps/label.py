@@ -351,16 +351,22 @@ def report(queue_path: Path, comparisons: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ simulated labeler
+def require_gold(queue_path: Path, queue: dict[str, dict], task: str) -> None:
+    """Refuse a queue with a prompt the built-in generator did not write: the simulated labeler has no
+    gold reward for it (``task``: what the labeler should do on the page instead)."""
+    for item in queue.values():
+        if synth.parse_task(item["prompt"]) is None:
+            raise DataError(f"{queue_path} [{item['id']}]: the prompt was not written by the built-in generator, "
+                            f"so the simulated labeler has no gold reward for it; {task} it on the page instead")
+
+
 def simulate(cfg: Config, queue_path: Path, comparisons: Path, labelers: int | None = None) -> dict:
     """Rank the queue with the simulated labeler (gold reward + N(0, data.label_noise), ties within
     data.tie_margin), labelers ``sim-0`` .. ``sim-<N-1>``, each seeded, through ``submit``."""
     from tqdm.auto import tqdm
 
     queue = read_queue(queue_path)
-    for item in queue.values():
-        if synth.parse_task(item["prompt"]) is None:
-            raise DataError(f"{queue_path} [{item['id']}]: the prompt was not written by the built-in generator, "
-                            "so the simulated labeler has no gold reward for it; rank it on the page instead")
+    require_gold(queue_path, queue, "rank")
     written = 0
     for j in range(labelers or cfg.label.labelers):
         name = f"sim-{j}"
@@ -405,8 +411,7 @@ def make_app(queue_path: Path, comparisons: Path, *, seed: int = 0, labeler: str
     SmolLM2's; ``rlhf label`` passes the configured one's) is refused before anything is served. A POST
     body over ``max_body_bytes`` gets 413 and nothing written; it is read chunk by chunk and dropped as
     soon as it passes the limit, so a client cannot make the server hold more than that."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi import Request
     from starlette.concurrency import run_in_threadpool
 
     # (no `from __future__ import annotations` in this module: FastAPI reads these annotations at runtime)
@@ -414,34 +419,13 @@ def make_app(queue_path: Path, comparisons: Path, *, seed: int = 0, labeler: str
 
     queue = read_queue(queue_path)
     check_queue_text(queue_path, control_tokens)
-    default = check_labeler(labeler)
-    app = FastAPI(title="rlhf label", docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.exception_handler(SubmissionError)
-    async def refused(request, e: SubmissionError):
-        return JSONResponse({"error": str(e), "field": e.field}, status_code=e.status)
-
-    def progress(name: str) -> tuple[set[str], dict]:
-        done = done_by(comparisons, name) & set(queue)
-        return done, {"labeler": name, "done": len(done), "remaining": len(queue) - len(done), "total": len(queue)}
-
-    @app.get("/", response_class=HTMLResponse)
-    def page():
-        return PAGE.replace("__LABELER__", json.dumps(default))
-
-    @app.get("/api/next")
-    def next_item(labeler: str = default, skip: str = ""):
-        name = check_labeler(labeler)
-        done, prog = progress(name)
-        todo = [i for i in queue if i not in done]
-        skipped = set(skip.split(",")) if skip else set()
-        item = next((queue[i] for i in todo if i not in skipped), None)
-        if item is None:
-            return prog | {"item": None, "skipped": len(todo)}
+    def show(item: dict, name: str) -> dict:
         order = shown_order(item["id"], name, len(item["answers"]), seed)
-        shown = {"id": item["id"], "prompt": item["prompt"], "prompt_type": item.get("prompt_type"),
-                 "answers": [item["answers"][i] for i in order]}
-        return prog | {"item": shown}
+        return {"id": item["id"], "prompt": item["prompt"], "prompt_type": item.get("prompt_type"),
+                "answers": [item["answers"][i] for i in order]}
+
+    app, progress = page_app("rlhf label", PAGE, queue, lambda name: done_by(comparisons, name), show, labeler)
 
     @app.post("/api/submit")
     async def submit_ranking(request: Request):
@@ -456,6 +440,43 @@ def make_app(queue_path: Path, comparisons: Path, *, seed: int = 0, labeler: str
         return {"ok": True, "id": rec["id"], "duplicate": not written} | progress(rec["labeler"])[1]
 
     return app
+
+
+def page_app(title: str, html: str, queue: dict[str, dict], done_of, show, labeler: str):
+    """What the ranking page and the A/B page share: a refusal (SubmissionError) as JSON naming the
+    field, GET / (``html`` with the default labeler), GET /api/next (the labeler's first item neither
+    done, ``done_of(name)``, nor skipped, as ``show(item, name)`` presents it, with the progress).
+    Returns (app, progress) where ``progress(name)`` is (items done, the progress dict)."""
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    default = check_labeler(labeler)
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(SubmissionError)
+    async def refused(request, e: SubmissionError):
+        return JSONResponse({"error": str(e), "field": e.field}, status_code=e.status)
+
+    def progress(name: str) -> tuple[set[str], dict]:
+        done = done_of(name) & set(queue)
+        return done, {"labeler": name, "done": len(done), "remaining": len(queue) - len(done), "total": len(queue)}
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return html.replace("__LABELER__", json.dumps(default))
+
+    @app.get("/api/next")
+    def next_item(labeler: str = default, skip: str = ""):
+        name = check_labeler(labeler)
+        done, prog = progress(name)
+        todo = [i for i in queue if i not in done]
+        skipped = set(skip.split(",")) if skip else set()
+        item = next((queue[i] for i in todo if i not in skipped), None)
+        if item is None:
+            return prog | {"item": None, "skipped": len(todo)}
+        return prog | {"item": show(item, name)}
+
+    return app, progress
 
 
 async def read_body(request, max_body_bytes: int) -> Any:

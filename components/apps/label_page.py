@@ -6,22 +6,52 @@ with the sign between two answers ("D > C > A = B"), and submits; or skips, or f
 All text from the queue is set with textContent, never parsed as HTML. ``AB_PAGE`` (below) is the blind A/B page.
 """
 
-PAGE = r"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Rank the answers</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f4f6f8;color:#1f2933}
+# What both pages share: the header with the labeler and the progress bar, the prompt's style, the JSON
+# calls (an error body's message becomes the exception's), and the start (labeler from ?labeler=, load()).
+STYLE_HEADER = r"""body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f4f6f8;color:#1f2933}
 header{display:flex;align-items:center;gap:1.2em;padding:.7em 1.4em;background:#263238;color:#eceff1}
 header h1{font-size:1.1em;margin:0;flex:1;font-weight:600}
 header input{font:inherit;padding:.15em .4em;border-radius:4px;border:1px solid #90a4ae;width:9em}
 #bar{width:180px;height:8px;background:#455a64;border-radius:4px;overflow:hidden}
-#bar>div{height:100%;width:0;background:#9ccc65;transition:width .3s}
-main{max-width:880px;margin:1.4em auto;padding:0 1em}
-.label{color:#607d8b;font-size:.8em;text-transform:uppercase;letter-spacing:.05em;margin:.2em 0}
+#bar>div{height:100%;width:0;background:#9ccc65;transition:width .3s}"""
+STYLE_TEXT = r""".label{color:#607d8b;font-size:.8em;text-transform:uppercase;letter-spacing:.05em;margin:.2em 0}
 .prompt{background:#fff;border-left:4px solid #1976d2;padding:.8em 1em;white-space:pre-wrap;border-radius:4px;
   box-shadow:0 1px 2px #0001;font-size:1.05em}
 .help{color:#52606d;font-size:.85em;margin:.9em 0}
-kbd{background:#fff;border:1px solid #cbd2d9;border-bottom-width:2px;border-radius:3px;padding:0 .3em;font-size:.9em}
+kbd{background:#fff;border:1px solid #cbd2d9;border-bottom-width:2px;border-radius:3px;padding:0 .3em;font-size:.9em}"""
+JS_API = r"""function say(text, cls) { $("msg").textContent = text; $("msg").className = cls || ""; }
+
+async function api(path, body) {
+  const init = body === undefined ? {} :
+    {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
+  const r = await fetch(path, init);
+  const data = await r.json().catch(() => ({error: `${r.status} ${r.statusText}`}));
+  if (!r.ok) throw new Error(data.error || `${r.status} ${r.statusText}`);
+  return data;
+}"""
+JS_START = r"""$("labeler").value = labeler;
+$("labeler").onchange = () => {
+  labeler = $("labeler").value.trim();
+  skipped = [];
+  history.replaceState(null, "", `?labeler=${encodeURIComponent(labeler)}`);
+  say("", "");
+  load().catch(err => say(err.message, "err"));
+};
+load().catch(err => say(err.message, "err"));"""
+
+
+def _page(html: str) -> str:
+    return (html.replace("__STYLE_HEADER__", STYLE_HEADER).replace("__STYLE_TEXT__", STYLE_TEXT)
+            .replace("__JS_API__", JS_API).replace("__JS_START__", JS_START))
+
+
+PAGE = r"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Rank the answers</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+__STYLE_HEADER__
+main{max-width:880px;margin:1.4em auto;padding:0 1em}
+__STYLE_TEXT__
 ol#cards{list-style:none;padding:0;margin:0}
 .card{display:flex;gap:.8em;align-items:flex-start;background:#fff;border:2px solid #d9e2ec;border-radius:6px;
   padding:.6em .8em;cursor:grab;box-shadow:0 1px 2px #0001}
@@ -76,16 +106,7 @@ let labeler = new URLSearchParams(location.search).get("labeler") || __LABELER__
 let item = null, order = [], ties = [], sel = null, skipped = [], dragFrom = null, busy = false;
 const $ = id => document.getElementById(id);
 
-function say(text, cls) { $("msg").textContent = text; $("msg").className = cls || ""; }
-
-async function api(path, body) {
-  const init = body === undefined ? {} :
-    {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
-  const r = await fetch(path, init);
-  const data = await r.json().catch(() => ({error: `${r.status} ${r.statusText}`}));
-  if (!r.ok) throw new Error(data.error || `${r.status} ${r.statusText}`);
-  return data;
-}
+__JS_API__
 
 function showProgress(p) {
   $("progress").textContent = `${p.done} done \u00b7 ${p.remaining} remaining`;
@@ -205,18 +226,11 @@ document.addEventListener("keydown", e => {
 $("submit").onclick = submit;
 $("skip").onclick = skip;
 $("flagbtn").onclick = flagItem;
-$("labeler").value = labeler;
-$("labeler").onchange = () => {
-  labeler = $("labeler").value.trim();
-  skipped = [];
-  history.replaceState(null, "", `?labeler=${encodeURIComponent(labeler)}`);
-  say("", "");
-  load().catch(err => say(err.message, "err"));
-};
-load().catch(err => say(err.message, "err"));
+__JS_START__
 </script>
 </body></html>
 """
+PAGE = _page(PAGE)
 
 
 # The blind A/B page served by ``rlhf label --compare`` (components/apps/ab.py): a prompt and two answers
@@ -226,18 +240,9 @@ AB_PAGE = r"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Which answer is better?</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f4f6f8;color:#1f2933}
-header{display:flex;align-items:center;gap:1.2em;padding:.7em 1.4em;background:#263238;color:#eceff1}
-header h1{font-size:1.1em;margin:0;flex:1;font-weight:600}
-header input{font:inherit;padding:.15em .4em;border-radius:4px;border:1px solid #90a4ae;width:9em}
-#bar{width:180px;height:8px;background:#455a64;border-radius:4px;overflow:hidden}
-#bar>div{height:100%;width:0;background:#9ccc65;transition:width .3s}
+__STYLE_HEADER__
 main{max-width:1100px;margin:1.4em auto;padding:0 1em}
-.label{color:#607d8b;font-size:.8em;text-transform:uppercase;letter-spacing:.05em;margin:.2em 0}
-.prompt{background:#fff;border-left:4px solid #1976d2;padding:.8em 1em;white-space:pre-wrap;border-radius:4px;
-  box-shadow:0 1px 2px #0001;font-size:1.05em}
-.help{color:#52606d;font-size:.85em;margin:.9em 0}
-kbd{background:#fff;border:1px solid #cbd2d9;border-bottom-width:2px;border-radius:3px;padding:0 .3em;font-size:.9em}
+__STYLE_TEXT__
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:1em}
 .answer{background:#fff;border:2px solid #d9e2ec;border-radius:6px;padding:.7em .9em;box-shadow:0 1px 2px #0001}
 .answer .text{white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.4;margin-top:.4em}
@@ -279,16 +284,7 @@ let item = null, skipped = [], busy = false;
 const $ = id => document.getElementById(id);
 const WORDS = {first: "answer 1 is better", second: "answer 2 is better", tie: "a tie"};
 
-function say(text, cls) { $("msg").textContent = text; $("msg").className = cls || ""; }
-
-async function api(path, body) {
-  const init = body === undefined ? {} :
-    {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
-  const r = await fetch(path, init);
-  const data = await r.json().catch(() => ({error: `${r.status} ${r.statusText}`}));
-  if (!r.ok) throw new Error(data.error || `${r.status} ${r.statusText}`);
-  return data;
-}
+__JS_API__
 
 async function load() {
   const q = `labeler=${encodeURIComponent(labeler)}&skip=${encodeURIComponent(skipped.join(","))}`;
@@ -337,15 +333,8 @@ $("first").onclick = () => choose("first");
 $("second").onclick = () => choose("second");
 $("tie").onclick = () => choose("tie");
 $("skip").onclick = skip;
-$("labeler").value = labeler;
-$("labeler").onchange = () => {
-  labeler = $("labeler").value.trim();
-  skipped = [];
-  history.replaceState(null, "", `?labeler=${encodeURIComponent(labeler)}`);
-  say("", "");
-  load().catch(err => say(err.message, "err"));
-};
-load().catch(err => say(err.message, "err"));
+__JS_START__
 </script>
 </body></html>
 """
+AB_PAGE = _page(AB_PAGE)
