@@ -669,3 +669,37 @@ def test_every_test_the_failure_modes_table_names_exists():
         if name not in fns or (param and not any("parametrize" in ast.unparse(d) for d in fns[name].decorator_list)):
             missing.append(f"{path}::{name}{param}")
     assert not missing, f"docs/failure-modes.md names tests that do not exist: {missing}"
+
+
+def test_a_long_prompt_keeps_its_end_so_the_answer_fits(tiny_model_dir, tmp_path, capsys):
+    """SFT and DPO rows: a prompt that would leave the answer no room (dropped) or cut it is left-truncated
+    (its latest turns kept, after '… ') down to what lets the answer fit, never below half of max_length."""
+    from components.core import trainers as tu
+    from components.core.encode import chat_ids
+    from components.core.models import load_model_dir
+
+    _, tok = load_model_dir(tiny_model_dir)
+    convo = " ".join(f"Human: question {i}? Assistant: answer {i}." for i in range(40)) + " Human: the last question?"
+    row = {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": convo}],
+           "completion": [{"role": "assistant", "content": "The last answer."}]}
+    full = len(chat_ids(tok, row["prompt"] + row["completion"]))
+    assert full > 128
+    new, cut = tu.fit_prompt(tok, row, 128)
+    assert cut and new["prompt"][0] == row["prompt"][0] and new["completion"] == row["completion"]
+    text = new["prompt"][1]["content"]
+    assert text.startswith("… ") and text.endswith("Human: the last question?") and convo.endswith(text[2:])
+    assert len(chat_ids(tok, new["prompt"] + new["completion"])) <= 128  # the whole answer is trained on now
+    assert tu.check_lengths("sft", tok, [new], 128, tmp_path / "d.jsonl") == {"truncated": 0, "dropped": 0}
+    # a long answer: the prompt keeps at least half of max_length, TRL cuts the answer's end as before
+    long_answer = {**row, "completion": [{"role": "assistant", "content": "word " * 300}]}
+    new, cut = tu.fit_prompt(tok, long_answer, 128)
+    p = len(chat_ids(tok, new["prompt"], add_generation_prompt=True))
+    assert cut and 64 - 4 <= p <= 64
+    # rows that fit, and a long answer after a short prompt, are left as they are
+    short = {**row, "prompt": [{"role": "user", "content": "Hi"}]}
+    assert tu.fit_prompt(tok, short, 128) == (short, False)
+    assert tu.fit_prompt(tok, {**long_answer, "prompt": short["prompt"]}, 128)[1] is False
+    dpo = {"prompt": row["prompt"], "chosen": row["completion"], "rejected": [{"role": "assistant", "content": "No."}]}
+    rows = tu.fit_prompts("dpo", tok, [dpo, short], 128)
+    assert rows[1] is short and len(chat_ids(tok, rows[0]["prompt"] + rows[0]["chosen"])) <= 128
+    assert "[dpo] 1 of 2 rows are longer than dpo.max_length=128 tokens: their prompt keeps its end" in capsys.readouterr().out

@@ -59,6 +59,48 @@ def trainer_kwargs(cfg: Config, s: TrainerSection, out: Path, n_train: int) -> d
     )
 
 
+ANSWER_KEYS = ("completion", "chosen", "rejected")
+CUT_MARK = "… "  # starts a prompt whose beginning was cut by fit_prompts
+
+
+def fit_prompt(tokenizer, row: dict, max_length: int) -> tuple[dict, bool]:
+    """Left-truncate the last user turn of a TRL conversational row whose prompt + longest answer pass
+    ``max_length`` tokens, so that the answer fits, but never below ``max_length // 2`` prompt tokens (a
+    longer answer then loses its end to TRL, as before). The kept text is the end of the turn (a long
+    conversation rendered into one turn keeps its latest exchanges), after ``CUT_MARK``. Returns
+    (row, whether it was cut); a row that fits is returned as it is."""
+    prompt = row["prompt"]
+    p = len(chat_ids(tokenizer, prompt, add_generation_prompt=True))
+    a = max(len(chat_ids(tokenizer, prompt + row[k])) for k in ANSWER_KEYS if k in row) - p
+    target = max(max_length - a, max_length // 2)
+    users = [i for i, m in enumerate(prompt) if m["role"] == "user"]
+    if p + a <= max_length or p <= target or not users:
+        return row, False
+    u = users[-1]
+    ids = tokenizer(prompt[u]["content"], add_special_tokens=False)["input_ids"]
+    cut, new = p - target, prompt
+    for _ in range(4):  # re-encoding the cut text can merge tokens differently: cut again by the excess
+        cut = min(cut, len(ids) - 1)
+        content = CUT_MARK + tokenizer.decode(ids[cut:]).lstrip()
+        new = prompt[:u] + [{**prompt[u], "content": content}] + prompt[u + 1:]
+        excess = len(chat_ids(tokenizer, new, add_generation_prompt=True)) - target
+        if excess <= 0 or cut >= len(ids) - 1:
+            break
+        cut += excess
+    return {**row, "prompt": new}, True
+
+
+def fit_prompts(stage: str, tokenizer, rows: list[dict], max_length: int) -> list[dict]:
+    """``fit_prompt`` on every row, with a line saying how many prompts lost their beginning."""
+    fitted = [fit_prompt(tokenizer, r, max_length) for r in rows]
+    n = sum(cut for _, cut in fitted)
+    if n:
+        print(f"[{stage}] {n} of {len(rows)} rows are longer than {stage}.max_length={max_length} tokens: their prompt "
+              f"keeps its end (the latest turns, after '{CUT_MARK.strip()}') so that the answer fits, down to half of "
+              "max_length", flush=True)
+    return [r for r, _ in fitted]
+
+
 def check_lengths(stage: str, tokenizer, rows: list[dict], max_length: int, source: Path,
                   ids: list[str] | None = None) -> dict[str, int]:
     """Sequences longer than ``<stage>.max_length`` tokens, before TRL truncates them silently.
@@ -76,7 +118,7 @@ def check_lengths(stage: str, tokenizer, rows: list[dict], max_length: int, sour
         if len(chat_ids(tokenizer, row["prompt"], add_generation_prompt=True)) >= max_length:
             dropped.append(name)
         elif any(len(chat_ids(tokenizer, row["prompt"] + row[k])) > max_length
-                 for k in ("completion", "chosen", "rejected") if k in row):
+                 for k in ANSWER_KEYS if k in row):
             cut.append(name)
     if cut:
         print(f"[{stage}] warning: {len(cut)} of {len(rows)} training rows of {source} are longer than "

@@ -61,6 +61,8 @@ def run(cfg: Config) -> dict:
         raise DataError(f"{path}: no training pairs after the user split (is the file empty?)")
     model, tokenizer = load_model_dir(cfg.out_dir("sft"))
     freeze_bottom(model, d.freeze_layers)
+    rows = tu.fit_prompts(STAGE, tokenizer, rows, d.max_length)
+    eval_rows = [tu.fit_prompt(tokenizer, r, d.max_length)[0] for r in eval_rows]
     tu.check_lengths(STAGE, tokenizer, rows, d.max_length, path)
     ckpt_dir = cfg.out_dir("checkpoints") / STAGE
     args = DPOConfig(**tu.trainer_kwargs(cfg, d, ckpt_dir, len(rows)), beta=d.beta)

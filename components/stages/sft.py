@@ -50,15 +50,16 @@ def run(cfg: Config) -> dict:
     if not train:
         raise DataError(f"{path}: no training demonstrations after the user split (is the file empty?)")
     model, tokenizer = load_model_dir(cfg.out_dir("base_model"))
-    sp = cfg.common.system_prompt
-    tu.check_lengths(STAGE, tokenizer, [to_conversation(r, sp) for r in train], cfg.sft.max_length, path,
-                     ids=[r.get("id", f"line {i + 1}") for i, r in enumerate(train)])
+    sp, max_length = cfg.common.system_prompt, cfg.sft.max_length
+    rows = tu.fit_prompts(STAGE, tokenizer, [to_conversation(r, sp) for r in train], max_length)
+    eval_rows = [tu.fit_prompt(tokenizer, to_conversation(r, sp), max_length)[0] for r in evals]
+    tu.check_lengths(STAGE, tokenizer, rows, max_length, path, ids=[r.get("id", f"line {i + 1}") for i, r in enumerate(train)])
     ckpt_dir = cfg.out_dir("checkpoints") / STAGE
     args = SFTConfig(**tu.trainer_kwargs(cfg, cfg.sft, ckpt_dir, len(train)), completion_only_loss=True, packing=False)
     trainer = SFTTrainer(
         model=model, args=args, processing_class=tokenizer, callbacks=[tu.mlflow_callback(STAGE)],
-        train_dataset=Dataset.from_list([to_conversation(r, sp) for r in train]),
-        eval_dataset=Dataset.from_list([to_conversation(r, sp) for r in evals]) if evals else None,
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
     )
     print(f"[sft] {len(train)} train / {len(evals)} eval demonstrations, {tu.total_steps(cfg.sft, len(train))} steps, "
           f"bf16={args.bf16}", flush=True)
