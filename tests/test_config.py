@@ -99,3 +99,19 @@ def test_set_params_edits_in_place_keeps_comments_and_refuses_bad(tmp_path):
     text = p.read_text()
     assert "n_users: 30" in text and "# Seed of every random generator" in text
     assert load_config(p).data.n_users == 30
+
+
+def test_rlhf_run_refuses_an_override_that_its_profile_would_shadow(capsys):
+    """`rlhf run --profile quick -S ppo.updates=16` wrote 16 into params.yaml, and every stage then applied the
+    profile's 3 over it: the override was silently lost. Now it is refused, naming key and profile file."""
+    from components.apps import cli
+    from components.core.config import PARAMS_FILE, shadowed_by_profile
+    from components.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"-S ppo.updates, sft.max_steps: profile 'quick' sets them \(.*quick.yaml\)"):
+        shadowed_by_profile(["common.profile=quick", "ppo.updates=16", "sft.max_steps=2", "ppo.kl_coef=0.1"])
+    shadowed_by_profile(["common.profile=quick", "ppo.kl_coef=0.1"])  # a key the profile leaves alone
+    shadowed_by_profile(["ppo.updates=16"])  # no profile selected (params.yaml's is 'default')
+    before = PARAMS_FILE.read_text()
+    assert cli.main(["run", "--profile", "quick", "-S", "ppo.updates=16"]) == 2
+    assert "the override would be ignored" in capsys.readouterr().err and PARAMS_FILE.read_text() == before

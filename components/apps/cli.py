@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from components.core.config import ROOT, load_config, render_params, resolve, set_params
+from components.core.config import ROOT, load_config, render_params, resolve, set_params, shadowed_by_profile
 from components.core.env import set_offline_env
 from components.core.errors import EXIT_BAD_INPUT, EXIT_BAD_PARAMS, INPUT_ERRORS, DataError, ServiceError, exit_code
 from components.core.pipeline import dvc
@@ -123,6 +123,7 @@ def cmd_run(args) -> int:
     try:
         with project_lock(load_config().flow.wait_for_lock):  # params.yaml is edited only by the run holding the lock
             if overrides:
+                shadowed_by_profile(overrides)
                 changed = set_params(ROOT / "params.yaml", overrides)
                 if changed:
                     print(f"params.yaml updated (as `dvc exp run -S` would): {', '.join(changed)}")

@@ -688,6 +688,28 @@ def load_config(
     return build_config(resolve_variants(merged), origin=str(params_file))
 
 
+def shadowed_by_profile(overrides: list[str] | tuple[str, ...], params_file: str | Path | None = None,
+                        profiles_dir: str | Path | None = None) -> None:
+    """Refuse ``-S`` overrides that ``rlhf run`` would write into params.yaml for keys the selected profile
+    sets: the stages read params.yaml and apply the profile over it, so such an override would be silently
+    ignored (ConfigError naming the keys, the profile file and what to do instead)."""
+    params_file = Path(params_file) if params_file else PARAMS_FILE
+    profiles_dir = Path(profiles_dir) if profiles_dir else params_file.parent / "profiles"
+    delta = overrides_to_dict(overrides)
+    profile = (delta.get("common", {}).get("profile") or (_read_yaml(params_file).get("common") or {}).get("profile")
+               or "default")
+    pfile = profiles_dir / f"{profile}.yaml"
+    if profile == "default" or not pfile.exists():
+        return
+    pdelta = _read_yaml(pfile)
+    both = [f"{sec}.{key}" for sec, body in delta.items() if sec != "common" for key in body
+            if key in (pdelta.get(sec) or {})]
+    if both:
+        raise ConfigError(f"-S {', '.join(both)}: profile '{profile}' sets {'them' if len(both) > 1 else 'it'} "
+                          f"({pfile}), and the stages apply the profile over params.yaml, so the override would be "
+                          f"ignored; change it in {pfile} (or a copy of it as a new profile), or run without --profile")
+
+
 def resolve_variants(raw: dict) -> dict:
     """Each variant section = its base section (as resolved) + the variant's default differences + its own keys."""
     out = dict(raw)
