@@ -28,11 +28,11 @@ from random import Random
 from typing import Any
 
 from components.apps.label import (MAX_BODY_BYTES, SubmissionError, _item_of, append_once, model_version_of,
-                                   check_labeler, page_app, read_body, read_prompts, read_records, require_gold, serve,
+                                   check_labeler, page_app, read_body, queue_items, read_prompts, read_records, require_gold,
                                    shown_order)
 from components.apps.label_page import AB_PAGE
 from components.core.config import Config, resolve
-from components.core.data import iter_jsonl, write_jsonl
+from components.core.data import write_jsonl
 from components.core.errors import DataError
 from components.core.models import load_model_dir
 from components.core.registry import resolve_model
@@ -56,19 +56,13 @@ def pair_token(versions: list[str]) -> str:
 def read_pair_queue(path: str | Path) -> dict[str, dict]:
     """Queue id -> item, in file order; refuses an item the A/B page could not show."""
     queue: dict[str, dict] = {}
-    for lineno, item in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        for field in ("id", "prompt"):
-            if not isinstance(item.get(field), str) or not item[field]:
-                raise DataError(f"{where}: field '{field}' must be a non-empty string")
+    for where, item in queue_items(path):
         for field in ("answers", "model_versions"):
             v = item.get(field)
             if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) and x.strip() for x in v)
                     and v[0] != v[1]):
                 raise DataError(f"{where} [{item['id']}]: field '{field}' must be a list of 2 distinct non-empty "
                                 f"strings (got {v!r})")
-        if item["id"] in queue:
-            raise DataError(f"{where}: id {item['id']!r} appears twice in the queue")
         queue[item["id"]] = item
     return queue
 

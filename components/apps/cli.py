@@ -170,6 +170,22 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def serve_page(cfg, args, make_app, queue: Path, out: Path, page: str, what: str) -> int:
+    """Serve a labeling page (``make_app``: label's or ab's) on ``--host``/``--port`` until Ctrl-C."""
+    from components.apps import label
+    from components.datasets.rules import control_tokens_for
+
+    try:
+        app = make_app(queue, out, seed=cfg.common.seed, labeler=args.labeler,
+                       control_tokens=control_tokens_for(cfg, "label"))
+    except label.SubmissionError as e:
+        raise DataError(f"--{e}") from None
+    print(f"{page}: http://{args.host}:{args.port}/?labeler={args.labeler}  (queue {queue}, {what} -> {out}; "
+          "Ctrl-C to stop)", flush=True)
+    label.serve(app, args.host, args.port)
+    return 0
+
+
 def compare(cfg, args) -> int:
     """``rlhf label --compare A B``: the pair queue (sampled unless it compares these versions already),
     then the A/B page, or the simulated labeler with --simulated."""
@@ -194,17 +210,7 @@ def compare(cfg, args) -> int:
         print(f"simulated labeler: {s['written']} judgements of {s['items']} items appended to {judged}")
         print(ab.report(queue, judged, seed=cfg.common.seed))
         return 0
-    try:
-        from components.datasets.rules import control_tokens_for
-
-        app = ab.make_app(queue, judged, seed=cfg.common.seed, labeler=args.labeler,
-                          control_tokens=control_tokens_for(cfg, "label"))
-    except ab.SubmissionError as e:
-        raise DataError(f"--{e}") from None
-    print(f"A/B page: http://{args.host}:{args.port}/?labeler={args.labeler}  (queue {queue}, judgements -> "
-          f"{judged}; Ctrl-C to stop)", flush=True)
-    ab.serve(app, args.host, args.port)
-    return 0
+    return serve_page(cfg, args, ab.make_app, queue, judged, "A/B page", "judgements")
 
 
 def cmd_label(args) -> int:
@@ -235,17 +241,7 @@ def cmd_label(args) -> int:
         print(f"simulated labeler: {s['written']} rankings of {s['items']} items appended to {out}")
         print(label.report(queue, out))
         return 0
-    try:
-        from components.datasets.rules import control_tokens_for
-
-        app = label.make_app(queue, out, seed=cfg.common.seed, labeler=args.labeler,
-                             control_tokens=control_tokens_for(cfg, "label"))
-    except label.SubmissionError as e:
-        raise DataError(f"--{e}") from None
-    print(f"ranking page: http://{args.host}:{args.port}/?labeler={args.labeler}  (queue {queue}, "
-          f"rankings -> {out}; Ctrl-C to stop)", flush=True)
-    label.serve(app, args.host, args.port)
-    return 0
+    return serve_page(cfg, args, label.make_app, queue, out, "ranking page", "rankings")
 
 
 def cmd_ui(args) -> int:

@@ -124,21 +124,30 @@ def sample(cfg: Config, model_ref: str, prompts_file: str | Path, k: int | None 
 
 
 # ------------------------------------------------------------------------------ the queue
-def read_queue(path: str | Path) -> dict[str, dict]:
-    """Queue id -> item, in file order; refuses an item the ranking page could not show."""
-    queue: dict[str, dict] = {}
+def queue_items(path: str | Path):
+    """(where, item) of each line of a queue file: refuses an item without a non-empty string id and
+    prompt, or with an id already used."""
+    seen: set[str] = set()
     for lineno, item in iter_jsonl(path):
         where = f"{path}:{lineno}"
         for field in ("id", "prompt"):
             if not isinstance(item.get(field), str) or not item[field]:
                 raise DataError(f"{where}: field '{field}' must be a non-empty string")
+        if item["id"] in seen:
+            raise DataError(f"{where}: id {item['id']!r} appears twice in the queue")
+        seen.add(item["id"])
+        yield where, item
+
+
+def read_queue(path: str | Path) -> dict[str, dict]:
+    """Queue id -> item, in file order; refuses an item the ranking page could not show."""
+    queue: dict[str, dict] = {}
+    for where, item in queue_items(path):
         a = item.get("answers")
         if not isinstance(a, list) or not all(isinstance(x, str) and x.strip() for x in a):
             raise DataError(f"{where} [{item['id']}]: field 'answers' must be a list of non-empty strings")
         if not K_MIN <= len(a) <= K_MAX or len(set(a)) != len(a):
             raise DataError(f"{where} [{item['id']}]: field 'answers' must hold {K_MIN}..{K_MAX} distinct answers")
-        if item["id"] in queue:
-            raise DataError(f"{where}: id {item['id']!r} appears twice in the queue")
         queue[item["id"]] = item
     return queue
 
