@@ -85,6 +85,25 @@ def test_gate_takes_the_win_rate_from_gold_else_the_judge_and_says_which():
     assert not ok and "no preference measure" in why and "evaluate.judge" in why
 
 
+def test_judge_scores_each_text_once_so_identical_answers_tie():
+    """A judge whose score moves with a text's place in the batch (as bf16 scores do): the reference against
+    itself is still all ties, 0.5, and no (prompt, answer) is scored twice."""
+    from components.stages.evaluate import judge_preference
+
+    class Judge:
+        calls: list[int] = []
+
+        def score(self, prompts, answers):
+            self.calls.append(len(answers))
+            return torch.tensor([float(len(a)) + 1e-3 * i for i, a in enumerate(answers)])
+
+    answers = ["aaa", "a", "aa", "aaaa"]
+    m = judge_preference(["p1", "p2", "p3", "p4"], answers, answers, [["aa", "a"]] * 4, [["aa", "a"]] * 4, Judge(), seed=0)
+    assert m["judge_win_rate_vs_ref"] == 0.5 and m["judge_win_rate_vs_ref_lo"] == m["judge_win_rate_vs_ref_hi"] == 0.5
+    assert m["judge_win_rate_sampled_vs_ref"] == 0.5
+    assert Judge.calls == [4, 6]  # 4 distinct greedy pairs, not 8; then the 8 sampled pairs less (p2, a), (p3, aa)
+
+
 def test_judge_win_rate_by_hand():
     from components.stages.evaluate import judge_preference
 

@@ -176,14 +176,25 @@ def judge_preference(prompts: list[str], greedy: list[str], ref_greedy: list[str
     its standard error and seeded bootstrap 95% interval, greedy and (when given) sampled: ``judge_*`` keys,
     a labelled proxy for prompts without a gold reward."""
     n = len(prompts)
-    scores = judge.score(prompts + prompts, greedy + ref_greedy).tolist()
+
+    cache: dict[tuple[str, str], float] = {}
+
+    def score(ps: list[str], answers: list[str]) -> list[float]:
+        # each distinct (prompt, answer) scored once for the greedy and sampled answers of both models: the same
+        # text always gets the same score, so identical answers tie (under bf16 a text's score moves with the
+        # batch it is in), and nothing is scored twice
+        new = [x for x in dict.fromkeys(zip(ps, answers)) if x not in cache]
+        if new:
+            cache.update(zip(new, judge.score([p for p, _ in new], [a for _, a in new]).tolist()))
+        return [cache[x] for x in zip(ps, answers)]
+
+    scores = score(prompts + prompts, greedy + ref_greedy)
     s = win_rate_summary([compare(x, y) for x, y in zip(scores[:n], scores[n:])], seed=seed)
     out = {"judge_win_rate_vs_ref": s["rate"], "judge_win_rate_vs_ref_se": s["se"], "judge_win_rate_vs_ref_lo": s["lo"],
            "judge_win_rate_vs_ref_hi": s["hi"], "judge_preference_n": s["n"], "judge_score": mean(scores[:n])}
     if sampled is not None and ref_sampled is not None:
         def per_prompt(answers: list[list[str]]) -> list[list[float]]:
-            flat = judge.score([p for p, ans in zip(prompts, answers) for _ in ans], [a for ans in answers for a in ans])
-            it = iter(flat.tolist())
+            it = iter(score([p for p, ans in zip(prompts, answers) for _ in ans], [a for ans in answers for a in ans]))
             return [[next(it) for _ in ans] for ans in answers]
 
         ss = win_rate_summary(prompt_scores(per_prompt(sampled), per_prompt(ref_sampled)), seed=seed)
