@@ -27,16 +27,14 @@ from pathlib import Path
 from random import Random
 from typing import Any
 
-from components.apps.label import (MAX_BODY_BYTES, SubmissionError, _item_of, append_once, model_version_of,
-                                   check_labeler, page_app, read_body, queue_items, read_prompts, read_records, require_gold,
-                                   shown_order)
+from components.apps.label import (MAX_BODY_BYTES, SubmissionError, _item_of, append_once, check_labeler,
+                                   model_version_of, page_app, queue_items, read_body, read_prompts, read_records,
+                                   require_gold, sample_from, sampling_settings, shown_answers)
 from components.apps.label_page import AB_PAGE
 from components.core.config import Config, resolve
 from components.core.data import write_jsonl
 from components.core.errors import DataError
-from components.core.models import load_model_dir
 from components.core.registry import resolve_model
-from components.core.sampling import sample_answers
 from components.datasets import judgements as jd
 from components.datasets import synth
 
@@ -78,8 +76,6 @@ def queue_versions(path: str | Path) -> tuple[str, str] | None:
 def sample_pair(cfg: Config, model_a: str, model_b: str, prompts_file: str | Path,
                 out_queue: str | Path | None = None, limit: int | None = None) -> dict:
     """One sampled answer of each model per prompt -> the pair queue (written atomically)."""
-    import torch
-
     lab = cfg.label
     out_queue = resolve(out_queue or lab.ab_queue)
     prompts = read_prompts(prompts_file)[: limit or lab.ab_prompts]
@@ -90,18 +86,9 @@ def sample_pair(cfg: Config, model_a: str, model_b: str, prompts_file: str | Pat
         raise DataError(f"--compare {model_a} {model_b}: both are {versions[0]}; compare two different model versions")
     answers = []
     for ref, path in zip(refs, paths):  # one model in memory at a time
-        model, tok = load_model_dir(path, allow_pickle=cfg.base_model.allow_pickle)
-        if torch.cuda.is_available():
-            model.cuda()
-        torch.manual_seed(cfg.common.seed)
-        answers.append(sample_answers(model, tok, [p["prompt"] for p in prompts], 1,
-                                      system_prompt=cfg.common.system_prompt, max_new_tokens=lab.max_new_tokens,
-                                      temperature=lab.temperature, top_p=lab.top_p, top_k=lab.top_k,
-                                      batch_size=lab.batch_size, max_tries=lab.max_tries, desc=f"[compare] {ref}"))
-        del model
+        answers.append(sample_from(cfg, path, [p["prompt"] for p in prompts], 1, desc=f"[compare] {ref}"))
         gc.collect()
-    sampling = {"temperature": lab.temperature, "top_p": lab.top_p, "top_k": lab.top_k,
-                "max_new_tokens": lab.max_new_tokens, "seed": cfg.common.seed}
+    sampling = sampling_settings(cfg)
     items, identical, empty = [], 0, 0
     for p, a, b in zip(prompts, *answers):
         if not a or not b:
@@ -160,10 +147,6 @@ def judge(queue: dict[str, dict], judgements: Path, payload: Any) -> tuple[dict,
     return rec, append_once(judgements, rec)
 
 
-def shown_answers(item: dict, labeler: str, seed: int) -> list[str]:
-    return [item["answers"][i] for i in shown_order(item["id"], labeler, 2, seed)]
-
-
 def simulate(cfg: Config, queue_path: Path, judgements: Path, labelers: int | None = None) -> dict:
     """Judge the pair queue with the simulated labeler: gold reward + N(0, data.label_noise) per answer,
     a tie when the two scores are within data.tie_margin; labelers ``sim-0`` .. through ``judge``."""
@@ -195,7 +178,8 @@ def report(queue_path: Path, judgements: Path, seed: int = 0) -> str:
     lines = [f"A/B queue {queue_path}: {len(queue)} items" + ("" if queue else " (no queue file)"),
              f"judgements {judgements}: {len(recs)}"]
     for who in sorted(done):
-        lines.append(f"  {who}: {len(done[who] & set(queue))} of the queue judged, {len(queue) - len(done[who] & set(queue))} left")
+        judged = len(done[who] & set(queue))
+        lines.append(f"  {who}: {judged} of the queue judged, {len(queue) - judged} left")
     for a, b in jd.pairs(recs):
         s = jd.summary(recs, a, b, seed=seed)
         ag = "n/a (no item judged by two labelers)" if s["agreement"] is None else \

@@ -77,6 +77,28 @@ def model_version_of(ref: str, path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def sample_from(cfg: Config, path: Path, prompts: list[str], k: int, desc: str = "[sample]") -> list[list[str]]:
+    """Up to ``k`` distinct answers per prompt from the model folder ``path`` at the ``label:`` sampling
+    settings, seeded by common.seed (the model is loaded for this call and dropped after it)."""
+    import torch
+
+    lab = cfg.label
+    model, tok = load_model_dir(path, allow_pickle=cfg.base_model.allow_pickle)
+    if torch.cuda.is_available():
+        model.cuda()
+    torch.manual_seed(cfg.common.seed)
+    return sample_answers(model, tok, prompts, k, system_prompt=cfg.common.system_prompt,
+                          max_new_tokens=lab.max_new_tokens, temperature=lab.temperature, top_p=lab.top_p,
+                          top_k=lab.top_k, batch_size=lab.batch_size, max_tries=lab.max_tries, desc=desc)
+
+
+def sampling_settings(cfg: Config) -> dict:
+    """What a queue item records of how its answers were drawn."""
+    lab = cfg.label
+    return {"temperature": lab.temperature, "top_p": lab.top_p, "top_k": lab.top_k,
+            "max_new_tokens": lab.max_new_tokens, "seed": cfg.common.seed}
+
+
 def sample(cfg: Config, model_ref: str, prompts_file: str | Path, k: int | None = None,
            out_queue: str | Path | None = None) -> dict:
     """K sampled answers per prompt -> the queue file (written atomically). Returns a summary.
@@ -85,8 +107,6 @@ def sample(cfg: Config, model_ref: str, prompts_file: str | Path, k: int | None 
     ``label.max_tries`` rounds; a prompt left with fewer than K distinct answers keeps the ones it
     has (at least 2) or is dropped, and the summary says how many.
     """
-    import torch
-
     lab = cfg.label
     k = k or lab.k
     if not K_MIN <= k <= K_MAX:
@@ -95,15 +115,8 @@ def sample(cfg: Config, model_ref: str, prompts_file: str | Path, k: int | None 
     prompts = read_prompts(prompts_file)
     path = resolve_model(model_ref, cfg)
     version = model_version_of(model_ref, path)
-    model, tok = load_model_dir(path, allow_pickle=cfg.base_model.allow_pickle)
-    if torch.cuda.is_available():
-        model.cuda()
-    torch.manual_seed(cfg.common.seed)
-    answers = sample_answers(model, tok, [p["prompt"] for p in prompts], k, system_prompt=cfg.common.system_prompt,
-                             max_new_tokens=lab.max_new_tokens, temperature=lab.temperature, top_p=lab.top_p,
-                             top_k=lab.top_k, batch_size=lab.batch_size, max_tries=lab.max_tries)
-    sampling = {"temperature": lab.temperature, "top_p": lab.top_p, "top_k": lab.top_k,
-                "max_new_tokens": lab.max_new_tokens, "seed": cfg.common.seed}
+    answers = sample_from(cfg, path, [p["prompt"] for p in prompts], k)
+    sampling = sampling_settings(cfg)
     items, short, dropped = [], 0, 0
     for p, a in zip(prompts, answers):
         if len(a) < 2:
@@ -157,6 +170,11 @@ def shown_order(item_id: str, labeler: str, k: int, seed: int) -> list[int]:
     order = list(range(k))
     Random(f"{seed}:{labeler}:{item_id}").shuffle(order)
     return order
+
+
+def shown_answers(item: dict, labeler: str, seed: int) -> list[str]:
+    """An item's answers in the order ``labeler`` sees them (``shown_order``)."""
+    return [item["answers"][i] for i in shown_order(item["id"], labeler, len(item["answers"]), seed)]
 
 
 # ------------------------------------------------------------------------------ submissions
@@ -381,7 +399,7 @@ def simulate(cfg: Config, queue_path: Path, comparisons: Path, labelers: int | N
         name = f"sim-{j}"
         rng = Random(f"{cfg.common.seed}:{name}")
         for item in tqdm(queue.values(), desc=f"[label] {name}", unit="item"):
-            shown = [item["answers"][i] for i in shown_order(item["id"], name, len(item["answers"]), cfg.common.seed)]
+            shown = shown_answers(item, name, cfg.common.seed)
             ranks = synth.rank_responses(item["prompt"], shown, rng, cfg.data.label_noise, cfg.data.tie_margin)
             written += submit(queue, comparisons, {"queue_item": item["id"], "labeler": name,
                                                    "responses": shown, "ranks": ranks})[1]
@@ -430,9 +448,8 @@ def make_app(queue_path: Path, comparisons: Path, *, seed: int = 0, labeler: str
     check_queue_text(queue_path, control_tokens)
 
     def show(item: dict, name: str) -> dict:
-        order = shown_order(item["id"], name, len(item["answers"]), seed)
         return {"id": item["id"], "prompt": item["prompt"], "prompt_type": item.get("prompt_type"),
-                "answers": [item["answers"][i] for i in order]}
+                "answers": shown_answers(item, name, seed)}
 
     app, progress = page_app("rlhf label", PAGE, queue, lambda name: done_by(comparisons, name), show, labeler)
 
