@@ -660,6 +660,11 @@ def build_config(raw: dict, origin: str = "params") -> Config:
         raise ConfigError(f"{origin}: invalid value{'s' if len(lines) > 1 else ''}:\n" + "\n".join(lines)) from None
 
 
+def selected_profile(delta: dict, raw: dict) -> str:
+    """The profile a run uses: ``-S common.profile`` (``delta``), else params.yaml's (``raw``), else 'default'."""
+    return delta.get("common", {}).get("profile") or (raw.get("common") or {}).get("profile") or "default"
+
+
 def load_config(
     params_file: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
@@ -672,7 +677,7 @@ def load_config(
     _check_keys(raw, str(params_file))
     delta = overrides_to_dict(overrides)
     _check_keys(delta, "override")
-    profile = (delta.get("common", {}).get("profile") or (raw.get("common") or {}).get("profile") or "default")
+    profile = selected_profile(delta, raw)
     merged = raw
     if profile != "default":
         pfile = profiles_dir / f"{profile}.yaml"
@@ -696,8 +701,7 @@ def shadowed_by_profile(overrides: list[str] | tuple[str, ...], params_file: str
     params_file = Path(params_file) if params_file else PARAMS_FILE
     profiles_dir = Path(profiles_dir) if profiles_dir else params_file.parent / "profiles"
     delta = overrides_to_dict(overrides)
-    profile = (delta.get("common", {}).get("profile") or (_read_yaml(params_file).get("common") or {}).get("profile")
-               or "default")
+    profile = selected_profile(delta, _read_yaml(params_file))
     pfile = profiles_dir / f"{profile}.yaml"
     if profile == "default" or not pfile.exists():
         return
