@@ -5,9 +5,11 @@ the reward model (its scalar head read at every token); the reward model scores 
 response. ``train`` runs one update as six named calls, in CleanRL's order:
 
     1. rollout      sample one response per prompt (KV-cache generation; temperature, top-k/top-p,
-                    stop at EOS), keep the response mask up to and including EOS
+                    stop at EOS; each row from its own seeded generator), keep the response mask up to
+                    and including EOS
     2. score_and_kl reward model score (bias-corrected) - missing_eos_penalty if no EOS, and the
                     per-token KL(pi || pi_SFT) estimate (k1 / k2 / k3) -> shaped rewards (InstructGPT eq. 2)
+    2b. gather      data-parallel only: the processes' shares of the rollout become the whole rollout
     3. advantages   GAE from the value model's per-token values; advantages whitened
     4. optimise     ppo_epochs x minibatches: clipped surrogate + vf_coef x clipped value loss
                     - ent_coef x entropy + ptx_coef x pretraining LM loss (PPO-ptx; 0 = plain PPO)
@@ -35,13 +37,13 @@ from pathlib import Path
 
 import torch
 
-from components.core import checkpoints, faults, trl_rl
+from components.core import checkpoints, distributed, faults, trl_rl
 from components.core import trainers as tu
 from components.core.config import Config, PPOConfig
 from components.core.data import FILES, next_indices, read_jsonl, split_records
 from components.core.encode import encode_prompts, encode_texts, pad_batch
 from components.core.env import reexec_with_malloc_env, set_offline_env
-from components.core.errors import DataError
+from components.core.errors import ConfigError, DataError
 from components.core.models import (autocast_for, bf16_supported, freeze_bottom, generate, load_model_dir,
                                     save_model_dir)
 from components.core.plots import write_curves
@@ -131,16 +133,46 @@ class Rollout:
         return self.input_ids[:, self.prompt_len:]
 
 
+class RowSampler:
+    """Draws each row's next token from the row's own seeded generator (temperature, then top-k and
+    top-p, then inverse-CDF sampling), and hands ``generate`` scores that are -inf but at the drawn token,
+    so greedy decoding keeps it. A response then depends on its row's seed alone, not on the other rows
+    of the batch: data-parallel ranks, each sampling its share of a rollout, draw the tokens one process
+    draws for the whole rollout."""
+
+    def __init__(self, seeds: list[int], pc: PPOConfig, device):
+        from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+        self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.temperature = pc.temperature
+        self.warpers = ([TopKLogitsWarper(pc.top_k)] if pc.top_k else []) + \
+                       ([TopPLogitsWarper(pc.top_p)] if pc.top_p < 1.0 else [])
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        s = scores.float() / self.temperature
+        for warp in self.warpers:
+            s = warp(input_ids, s)
+        cdf = torch.softmax(s, dim=-1).cumsum(-1)
+        u = torch.cat([1.0 - torch.rand(1, generator=g, device=s.device) for g in self.gens])  # (0, 1]: never a 0-prob token
+        token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=s.shape[-1] - 1)
+        return torch.full_like(scores, -float("inf")).scatter_(1, token, 0.0)
+
+
 @torch.no_grad()
-def rollout(policy, tokenizer, prompts: list[str], prompt_ids: list[list[int]], pc: PPOConfig, autocast) -> Rollout:
-    """Sample one response per prompt with the KV cache; mask everything after the first EOS. The
-    policy's log-probs of the sampled tokens come from the generation's own logits (no second forward)."""
+def rollout(policy, tokenizer, prompts: list[str], prompt_ids: list[list[int]], pc: PPOConfig, autocast,
+            seeds: list[int] | None = None) -> Rollout:
+    """Sample one response per prompt with the KV cache, row i from the generator seeded ``seeds[i]`` (by
+    default drawn from torch's global generator); mask everything after the first EOS. The policy's
+    log-probs of the sampled tokens come from the generation's own logits (no second forward)."""
+    from transformers import LogitsProcessorList
+
     device = next(policy.parameters()).device
     ids, attn = pad_batch(prompt_ids, tokenizer.pad_token_id, left=True)
     ids, attn = ids.to(device), attn.to(device)
+    seeds = torch.randint(2 ** 62, (len(prompts),)).tolist() if seeds is None else seeds
     with autocast():
-        out = policy.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=pc.temperature,
-                              top_k=pc.top_k, top_p=pc.top_p, max_new_tokens=pc.max_new_tokens,
+        out = policy.generate(input_ids=ids, attention_mask=attn, do_sample=False, max_new_tokens=pc.max_new_tokens,
+                              logits_processor=LogitsProcessorList([RowSampler(seeds, pc, device)]),
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                               use_cache=True, return_dict_in_generate=True, output_logits=True)
     seq = out.sequences
@@ -156,6 +188,11 @@ def rollout(policy, tokenizer, prompts: list[str], prompt_ids: list[list[int]], 
     mask = torch.arange(resp.shape[1], device=device)[None, :] <= first_eos[:, None]
     texts = [tokenizer.decode(r[m], skip_special_tokens=True).strip() for r, m in zip(resp, mask)]
     return Rollout(seq, torch.cat([attn, mask.long()], dim=1), ids.shape[1], mask, has_eos, prompts, texts, logprobs)
+
+
+def row_seeds(seed: int, update: int, rows) -> list[int]:
+    """The sampling seed of each global row of an update's rollout (the same in every process)."""
+    return [(seed * 1_000_003 + update) * 1_000_033 + j for j in rows]
 
 
 # ------------------------------------------------------------------------------------ 2. score + KL
@@ -185,6 +222,43 @@ def score_and_kl(m: Models, ro: Rollout, pc: PPOConfig, kl_coef: float, autocast
         values = response_values(m.value, ro.input_ids, ro.attention_mask, ro.prompt_len, m.value_scale)
     kl = L.kl_estimate(ro.logprobs, ref_logp, pc.kl_estimator)
     return Scored(raw_score, ref_logp, values, kl, L.shaped_rewards(score, kl, ro.mask, kl_coef))
+
+
+# ------------------------------------------------------------------------------------ 2b. the global rollout
+def gather_rollout(ro: Rollout, sc: Scored, pad_id: int) -> tuple[Rollout, Scored]:
+    """Data-parallel: every rank's share of the rollout (rank r sampled global rows r, r + N, ...) put
+    back into one global rollout on every rank, rows in global order, prompts left-padded and
+    responses right-padded to the longest of all ranks. Everything after this (GAE, advantage
+    whitening, metrics, the KL controller) then sees the global batch, as in one process."""
+    world = distributed.world_size()
+    if world == 1:
+        return ro, sc
+    p = ro.prompt_len
+    mine = {"prompt_ids": ro.input_ids[:, :p], "prompt_attn": ro.attention_mask[:, :p], "tokens": ro.tokens,
+            "mask": ro.mask, "logprobs": ro.logprobs, "ref_logp": sc.ref_logp, "values": sc.values, "kl": sc.kl,
+            "rewards": sc.rewards, "has_eos": ro.has_eos, "raw_score": sc.raw_score}
+    parts = distributed.all_gather_object({"tensors": {k: v.cpu() for k, v in mine.items()},
+                                           "prompts": ro.prompts, "responses": ro.responses})
+    P = max(x["tensors"]["prompt_ids"].shape[1] for x in parts)
+    T = max(x["tensors"]["tokens"].shape[1] for x in parts)
+    fill = {"prompt_ids": pad_id, "tokens": pad_id}  # everything else pads with 0 / False
+
+    def padded(k: str, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 1:
+            return x
+        width = P if k.startswith("prompt") else T
+        pad = x.new_full((x.shape[0], width - x.shape[1]), fill.get(k, 0))
+        return torch.cat([pad, x] if k.startswith("prompt") else [x, pad], dim=1)  # prompts: left; responses: right
+
+    n = sum(len(x["prompts"]) for x in parts)
+    where = [(j % world, j // world) for j in range(n)]  # global row j is row j // N of rank j % N
+    t = {k: torch.stack([padded(k, parts[r]["tensors"][k])[i] for r, i in where]).to(ro.input_ids.device)
+         for k in mine}
+    prompts = [parts[r]["prompts"][i] for r, i in where]
+    responses = [parts[r]["responses"][i] for r, i in where]
+    ro = Rollout(torch.cat([t["prompt_ids"], t["tokens"]], 1), torch.cat([t["prompt_attn"], t["mask"].long()], 1), P,
+                 t["mask"], t["has_eos"], prompts, responses, t["logprobs"])
+    return ro, Scored(t["raw_score"], t["ref_logp"], t["values"], t["kl"], t["rewards"])
 
 
 # ------------------------------------------------------------------------------------ 3. GAE
@@ -233,36 +307,58 @@ class TrainState:
 def optimise(m: Models, st: TrainState, ro: Rollout, sc: Scored, adv: torch.Tensor, returns: torch.Tensor,
              pc: PPOConfig, ptx_coef: float, autocast, where: str) -> dict[str, list[float]]:
     """ppo_epochs passes over the rollout in shuffled minibatches: one optimiser step of the policy and
-    the value model per minibatch. Returns each loss and statistic per minibatch."""
+    the value model per minibatch. Returns each loss and statistic per minibatch.
+
+    Data-parallel (N ranks, each holding the whole rollout): rank r trains on rows r, r + N, ... of each
+    minibatch (and of each pretraining batch) and weighs its token means by its share of the minibatch's
+    tokens, so that the ranks' losses and gradients SUM (all-reduced) to one process's on the whole
+    minibatch; every rank then takes the same optimiser step."""
+    rank, world = distributed.rank(), distributed.world_size()
     m.policy.train()
     m.value.train()
     stats: dict[str, list[float]] = {}
     for _ in range(pc.ppo_epochs):
         perm = torch.randperm(len(ro.prompts))
-        for mb in perm.split(pc.minibatch_size):
-            start, end = trim(ro.attention_mask[mb], ro.prompt_len)
-            mb_ids, mb_attn, p_len = ro.input_ids[mb, start:end], ro.attention_mask[mb, start:end], ro.prompt_len - start
-            t = end - ro.prompt_len  # response columns kept
-            mask = ro.mask[mb, :t]
-            with autocast():
-                logits = response_logits(m.policy, mb_ids, mb_attn, p_len, pc.temperature)
-                values = response_values(m.value, mb_ids, mb_attn, p_len, m.value_scale)
-            logp = L.logprobs_from_logits(logits, ro.tokens[mb, :t])
-            pg_loss, pg_stats = L.policy_loss(logp, ro.logprobs[mb, :t], adv[mb, :t], mask, pc.clip_coef)
-            vf_loss, vf_stats = L.value_loss(values, sc.values[mb, :t], returns[mb, :t], mask, pc.clip_range_value)
-            # entropy: in the graph only when it is in the loss (a (B, T, V) softmax the backward would skip)
-            with torch.set_grad_enabled(pc.ent_coef != 0):
-                entropy = L.masked_mean(L.entropy_from_logits(logits), mask)
-            ptx_nll = torch.zeros(())
-            if st.stream is not None:
-                ids, attn = st.stream.next()
+        for mb_all in perm.split(pc.minibatch_size):
+            mb = mb_all[rank::world]  # this rank's rows of the minibatch (all of them in one process)
+            share = float(ro.mask[mb].sum()) / float(ro.mask[mb_all].sum())  # of the minibatch's response tokens
+            if len(mb):
+                start, end = trim(ro.attention_mask[mb], ro.prompt_len)
+                mb_ids, mb_attn, p_len = ro.input_ids[mb, start:end], ro.attention_mask[mb, start:end], ro.prompt_len - start
+                t = end - ro.prompt_len  # response columns kept
+                mask = ro.mask[mb, :t]
                 with autocast():
-                    ptx_nll = lm_nll(m.policy, ids.to(logits.device), attn.to(logits.device))
-            loss = L.ppo_ptx_objective(pg_loss - pc.ent_coef * entropy, vf_loss, ptx_nll, pc.vf_coef, ptx_coef)
+                    logits = response_logits(m.policy, mb_ids, mb_attn, p_len, pc.temperature)
+                    values = response_values(m.value, mb_ids, mb_attn, p_len, m.value_scale)
+                logp = L.logprobs_from_logits(logits, ro.tokens[mb, :t])
+                pg_loss, pg_stats = L.policy_loss(logp, ro.logprobs[mb, :t], adv[mb, :t], mask, pc.clip_coef)
+                vf_loss, vf_stats = L.value_loss(values, sc.values[mb, :t], returns[mb, :t], mask, pc.clip_range_value)
+                # entropy: in the graph only when it is in the loss (a (B, T, V) softmax the backward would skip)
+                with torch.set_grad_enabled(pc.ent_coef != 0):
+                    entropy = L.masked_mean(L.entropy_from_logits(logits), mask)
+            else:  # more ranks than rows in this minibatch: this rank adds nothing but takes the step
+                zero = torch.zeros(())
+                pg_loss, vf_loss, entropy = zero, zero, zero
+                pg_stats, vf_stats = {"clipfrac": 0.0, "approx_kl": 0.0}, {"vf_clipfrac": 0.0}
+            ptx_nll, ptx_share = torch.zeros(()), 0.0
+            if st.stream is not None:
+                ids, attn = st.stream.next()  # the same batch on every rank; this rank's rows of it
+                ptx_share = float(attn[rank::world, 1:].sum()) / float(attn[:, 1:].sum())  # of its predicted tokens
+                ids, attn = ids[rank::world], attn[rank::world]
+                if len(ids):
+                    dev = next(m.policy.parameters()).device
+                    with autocast():
+                        ptx_nll = lm_nll(m.policy, ids.to(dev), attn.to(dev))
+            loss = L.ppo_ptx_objective(share * (pg_loss - pc.ent_coef * entropy), share * vf_loss, ptx_share * ptx_nll,
+                                       pc.vf_coef, ptx_coef)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"[ppo] non-finite loss at {where}: pg {pg_loss.item()}, "
                                          f"vf {vf_loss.item()}, ptx {ptx_nll.item()}")
-            loss.backward()
+            if loss.requires_grad:
+                loss.backward()
+            if world > 1:
+                distributed.all_reduce_grads(m.policy)
+                distributed.all_reduce_grads(m.value)
             # foreach: one fused norm over all of a model's gradients (the default loops over tensors on CPU)
             gn_pi = torch.nn.utils.clip_grad_norm_(m.policy.parameters(), pc.max_grad_norm, foreach=True)
             gn_v = torch.nn.utils.clip_grad_norm_(m.value.parameters(), pc.max_grad_norm, foreach=True)
@@ -273,8 +369,11 @@ def optimise(m: Models, st: TrainState, ro: Rollout, sc: Scored, adv: torch.Tens
             # free the gradients now, not at the next step: they would sit through the next rollout
             st.opt_pi.zero_grad(set_to_none=True)
             st.opt_v.zero_grad(set_to_none=True)
-            for k, v in {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "entropy": entropy.item(),
-                         "ptx_loss": ptx_nll.item(), **pg_stats, **vf_stats}.items():
+            # each rank's token-weighted share; their sum is the minibatch's value
+            mine = {"pg_loss": share * pg_loss.item(), "vf_loss": share * vf_loss.item(),
+                    "entropy": share * entropy.item(), "ptx_loss": ptx_share * ptx_nll.item(),
+                    **{k: share * v for k, v in {**pg_stats, **vf_stats}.items()}}
+            for k, v in zip(mine, distributed.all_reduce_sum(list(mine.values()))):
                 stats.setdefault(k, []).append(v)
     return stats
 
@@ -320,7 +419,7 @@ def restore(m: Models, st: TrainState, state: dict) -> int:
     st.rng.setstate(state["rng"])
     torch.set_rng_state(state["torch_rng"])
     if state.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])  # rollouts sample on the GPU's generator
+        torch.cuda.set_rng_state_all(state["cuda_rng"])  # anything random on the GPU (rollouts have their own seeds)
     st.order, st.history = state["order"], state["history"]
     return state["update"] + 1
 
@@ -334,11 +433,20 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
 
     ``log(metrics, step)`` gets each update's metrics; ``on_samples(rows, step)`` a few generations
     every ``sample_every`` updates; ``gold(prompt, response)`` (optional) adds the true reward.
+
+    Data-parallel under ``accelerate launch`` (N ranks, the same seed): every rank draws the same prompts,
+    samples and scores its rows of the rollout (row j from the generator seeded ``row_seeds``, so the
+    tokens do not depend on N), gathers the whole rollout (``gather_rollout``: advantages are whitened
+    over the global batch), trains on its rows of each minibatch with gradients summed over the ranks
+    (``optimise``), and takes the same steps as one process; rank 0 alone writes checkpoints.
     """
     from tqdm.auto import tqdm
 
     autocast = autocast or (lambda: torch.autocast("cpu", enabled=False))
     tok, ptx_coef = m.tokenizer, pc.ptx_coef
+    if pc.batch_size < distributed.world_size():
+        raise ConfigError(f"{stage}.batch_size={pc.batch_size} is less than the {distributed.world_size()} processes: "
+                          "each samples at least one response per update")
     torch.manual_seed(seed)
     prompt_ids, cut = encode_prompts(tok, prompts, system_prompt, pc.max_prompt_length)
     if cut:
@@ -358,13 +466,17 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
     first = restore(m, st, state) if state is not None else 1
 
     n = pc.samples_per_prompt  # responses per prompt, from one prompt each: batch_size // n prompts per rollout
-    for update in tqdm(range(first, pc.updates + 1), desc=stage, unit="update", mininterval=2):
+    rank, world = distributed.rank(), distributed.world_size()  # data-parallel: rank r samples rows r, r + N, ...
+    for update in tqdm(range(first, pc.updates + 1), desc=stage, unit="update", mininterval=2, disable=rank > 0):
         t0, where = time.time(), f"update {update}"
         idx, st.order = next_indices(st.order, len(prompts), pc.batch_size // n, st.rng)  # the next prompts, seeded
-        idx = [i for i in idx for _ in range(n)]
+        rows = list(range(len(idx) * n))[rank::world]
+        idx = [idx[j // n] for j in rows]  # global row j answers prompt idx[j // n]
         m.policy.eval()
-        ro = rollout(m.policy, tok, [prompts[i] for i in idx], [prompt_ids[i] for i in idx], pc, autocast)  # 1.
+        ro = rollout(m.policy, tok, [prompts[i] for i in idx], [prompt_ids[i] for i in idx], pc, autocast,  # 1.
+                     seeds=row_seeds(seed, update, rows))
         sc = score_and_kl(m, ro, pc, st.kl_ctl.value, autocast, where)                                      # 2.
+        ro, sc = gather_rollout(ro, sc, tok.pad_token_id)                                                  # 2b.
         adv, returns = advantages(sc, ro, pc)                                                                # 3.
         stats = optimise(m, st, ro, sc, adv, returns, pc, ptx_coef, autocast, where)                         # 4.
         metrics = update_log(st, ro, sc, returns, stats, time.time() - t0, gold)                             # 5.
@@ -374,7 +486,7 @@ def train(m: Models, prompts: list[str], pretrain: list[str], pc: PPOConfig, *, 
         if on_samples is not None and (update % pc.sample_every == 0 or update == pc.updates):
             on_samples([{"update": update, "prompt": p, "response": r, "reward": round(s, 4)}
                         for p, r, s in zip(ro.prompts[:4], ro.responses[:4], sc.raw_score[:4].tolist())], update)
-        if ckpt_dir is not None and update % pc.save_every == 0 and update < pc.updates:                    # 6.
+        if ckpt_dir is not None and rank == 0 and update % pc.save_every == 0 and update < pc.updates:       # 6.
             checkpoints.save(ckpt_dir, update, checkpoint_state(m, st, update, key), prefix="update",
                              keep=pc.save_total_limit)
             faults.checkpoint_written(update)
@@ -446,6 +558,9 @@ def run(cfg: Config, stage: str = "ppo") -> dict:
     """Train the policy with PPO (stage ``ppo``) or PPO-ptx (``ppo_ptx``); write outputs/<stage>; register it.
     With ``rl.algorithm`` rloo or grpo the ``ppo`` stage trains with TRL instead."""
     if stage == "ppo" and cfg.rl.algorithm != "ppo":  # ppo_ptx is always ours: the pretraining mix is only here
+        if distributed.world_size() > 1:
+            raise ConfigError(f"rl.algorithm={cfg.rl.algorithm} (TRL) trains the ppo stage in one process here: run it "
+                              "with python -m, or rl.algorithm=ppo under accelerate launch")
         return run_trl(cfg)
     import mlflow
 
@@ -456,16 +571,18 @@ def run(cfg: Config, stage: str = "ppo") -> dict:
     train_t, eval_t = pretrain_texts(cfg, pc)
     if not train_p:
         raise DataError(f"{cfg.data_dir / FILES['prompts']}: no training prompts after the user split (is the file empty?)")
+    device = distributed.state().device  # joins the process group under `accelerate launch`
     m = load_models(cfg, pc)
     use_bf16 = cfg.common.bf16 and bf16_supported()
-    if torch.cuda.is_available():
-        for model in (m.policy, m.ref, m.value, m.scorer.model):
-            if model is not None:
-                model.cuda()
+    for model in (m.policy, m.ref, m.value, m.scorer.model):
+        if model is not None:
+            model.to(device)
     autocast = autocast_for(use_bf16)
-    print(f"[{stage}] {len(train_p)} train prompts, {pc.updates} updates x {pc.batch_size} responses, "
-          f"kl_coef {pc.kl_coef} ({pc.kl_estimator}{', adaptive' if pc.target_kl else ''}), ptx_coef {pc.ptx_coef}, "
-          f"bf16={use_bf16}", flush=True)
+    main, world = distributed.is_main(), distributed.world_size()
+    if main:
+        print(f"[{stage}] {len(train_p)} train prompts, {pc.updates} updates x {pc.batch_size} responses"
+              f"{f' over {world} processes' if world > 1 else ''}, kl_coef {pc.kl_coef} "
+              f"({pc.kl_estimator}{', adaptive' if pc.target_kl else ''}), ptx_coef {pc.ptx_coef}, bf16={use_bf16}", flush=True)
     gold = _gold_if_builtin(train_p)
     tables = []
 
@@ -478,9 +595,11 @@ def run(cfg: Config, stage: str = "ppo") -> dict:
                     system_prompt=cfg.common.system_prompt, autocast=autocast,
                     ckpt_dir=cfg.out_dir("checkpoints") / stage,
                     ckpt_key={"params_hash": params_hash_of(cfg, stage), "data_version": data_version(), "stage": stage},
-                    log=lambda mt, step: log_metrics(stage, mt, step=step), on_samples=on_samples, gold=gold,
-                    stage=stage)
+                    log=(lambda mt, step: log_metrics(stage, mt, step=step)) if main else None,
+                    on_samples=on_samples if main else None, gold=gold, stage=stage)
     seconds = time.time() - t0
+    if not main:  # another rank of `accelerate launch`: rank 0 evaluates, saves and registers
+        return {}
     csv, png = write_curves(history, cfg.plots_dir(stage), f"{stage}: kl_coef {pc.kl_coef}, ptx_coef {pc.ptx_coef}")
     for f in (png, csv, png.with_name("overoptimisation.png")):
         if f.exists():
@@ -558,7 +677,8 @@ def run_trl(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    reexec_with_malloc_env()
     stage = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in STAGES else "ppo"
+    distributed.relaunch_under_accelerate(stage)  # only with $RLHF_ACCELERATE_CONFIG set (stage_main does it for the others)
+    reexec_with_malloc_env()
     args = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] in STAGES else sys.argv[1:]
     sys.exit(stage_main(stage, lambda cfg: run(cfg, stage), args))
