@@ -6,6 +6,7 @@ benchmarks/.peer/trl-1.12.0, git-ignored) when it is missing, and runs each side
 the peer with PYTHONPATH=<side folder> first, so its trl shadows the venv's trl 1.16 only there.
 
     .venv/bin/python benchmarks/ppo_vs_trl.py --sft outputs/sft --reward outputs/reward      # SmolLM2, real run
+    .venv/bin/python benchmarks/ppo_vs_trl.py --lora-rank 16 --value-freeze-layers 15       # the ppo stage's defaults
     .venv/bin/python benchmarks/ppo_vs_trl.py --tiny --updates 3 --out /tmp/ppo_vs_trl.json   # smoke test, ~1 min
 
 Both sides get the same: policy and frozen reference loaded from the SFT folder, value model initialised
@@ -18,7 +19,12 @@ response each), minibatch (one optimiser step per minibatch), PPO epochs, max ne
 both), KL coefficient and estimator, clip ranges, vf_coef, gamma, lambda, missing-EOS penalty, seed,
 torch threads, malloc settings and precision (fp32 unless --bf16 and bf16 pays off on this machine:
 components.core.models.bf16_supported). TRL: gradient checkpointing off, constant LR, no sample
-generations, no saving, no reporting.
+generations, no saving, no reporting. ``--lora-rank R`` (default 0: full fine-tuning) makes the policy a
+LoRA adapter on both sides with the ppo stage's alpha and target modules (ours: ``peft.get_peft_model``
+as the stage does; TRL: ``peft_config``), the reference then being the policy with its adapter disabled
+on both sides (no reference copy is loaded); ``--value-freeze-layers N`` freezes the value model's
+embeddings and first N layers on both sides (``components.core.models.freeze_bottom``, the same model
+object handed to TRL).
 
 Measured: samples/s = responses (one per prompt) per second of the training loop (rollout +
 scoring + optimisation, every update), model loading and trainer construction excluded and reported
@@ -28,7 +34,8 @@ Peak RSS is measured by this driver: ``os.wait4`` on each side's process returns
 process's high-water mark, loading included, plus any child it waited for); each side also reports its
 own ru_maxrss at the start of the loop (peak during setup).
 
-Prints a table and writes JSON to benchmarks/results/ppo_vs_trl.json (--tiny: ppo_vs_trl_tiny.json).
+Prints a table and writes JSON to benchmarks/results/ppo_vs_trl.json (suffixed _lora<R>, _vfreeze<N>, _tiny
+as asked).
 Target (issue): ours >= 1.5 x the peer's samples/s at <= the peer's peak RSS.
 
 Shims for trl 1.12.0 in this stack (transformers 5.23, accelerate 1.15), found by running it on the tiny
@@ -81,14 +88,25 @@ def _rss_mb() -> float:
 
 
 def _load_models(s: dict):
-    """Policy, frozen reference, value (from the reward model) and tokenizer: the same calls on both sides."""
-    from components.core.models import load_model_dir
+    """Policy, frozen reference (None with LoRA: the adapter-disabled policy is the reference), value (from
+    the reward model, bottom layers frozen as asked) and tokenizer: the same calls on both sides."""
+    from components.core.models import freeze_bottom, load_model_dir
 
     policy, tok = load_model_dir(s["sft"])
-    ref, _ = load_model_dir(s["sft"])
-    ref.requires_grad_(False).eval()
+    ref = None
+    if not s["lora_rank"]:
+        ref, _ = load_model_dir(s["sft"])
+        ref.requires_grad_(False).eval()
     value, _ = load_model_dir(s["reward"], kind="sequence-classification")
+    freeze_bottom(value, s["value_freeze_layers"])
     return policy, ref, value, tok
+
+
+def _lora_config(s: dict):
+    from peft import LoraConfig
+
+    return LoraConfig(r=s["lora_rank"], lora_alpha=s["lora_alpha"], lora_dropout=0.0,
+                      target_modules=list(s["lora_targets"]), bias="none")
 
 
 def _count_generations(policy, tok, gens: list) -> None:
@@ -124,11 +142,16 @@ def worker_ours(s: dict) -> dict:
 
     torch.manual_seed(s["seed"])
     policy, ref, value, tok = _load_models(s)
+    if s["lora_rank"]:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, _lora_config(s))  # as ppo.load_models does
     scorer = RewardScorer(s["reward"], s["system_prompt"])  # fed and scaled as its own config says, as in the stage
     scorer.model.requires_grad_(False)
     if torch.cuda.is_available():
         for model in (policy, ref, value, scorer.model):
-            model.cuda()
+            if model is not None:
+                model.cuda()
     m = ppo.Models(policy, ref, value, scorer, tok)
     pc = PPOConfig(updates=s["updates"], batch_size=s["batch_size"], minibatch_size=s["minibatch_size"],
                    ppo_epochs=s["ppo_epochs"], lr=s["lr"], value_lr=s["lr"], max_prompt_length=s["max_prompt_length"],
@@ -190,7 +213,8 @@ def worker_trl(s: dict) -> dict:
             stamps.append(time.time())
 
     trainer = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=ref, reward_model=reward_model,
-                         train_dataset=Dataset.from_dict({"input_ids": ids}), value_model=value, callbacks=[Stamp()])
+                         train_dataset=Dataset.from_dict({"input_ids": ids}), value_model=value, callbacks=[Stamp()],
+                         peft_config=_lora_config(s) if s["lora_rank"] else None)
     if trainer.accelerator.mixed_precision != ("bf16" if s["bf16"] else "no"):
         raise RuntimeError(f"peer: accelerator precision {trainer.accelerator.mixed_precision!r}, bf16={s['bf16']} asked")
     gens: list = []
@@ -328,12 +352,16 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=pc.lr, help="policy and value learning rate (both sides)")
     ap.add_argument("--seed", type=int, default=cfg.common.seed)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides if it pays off here")
+    ap.add_argument("--lora-rank", type=int, default=0,
+                    help=f"LoRA policy of this rank on both sides (0: full fine-tuning; the ppo stage uses {pc.lora_rank})")
+    ap.add_argument("--value-freeze-layers", type=int, default=0,
+                    help=f"freeze the value model's first N layers on both sides (the ppo stage freezes {pc.value_freeze_layers})")
     ap.add_argument("--no-malloc-tuning", action="store_true",
                     help="glibc malloc defaults on both sides (default: the project's MALLOC_ENV on both, as its stages run)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--peer-dir", default=str(PEER_DIR), help="side folder holding trl 1.12.0 (installed when missing)")
     ap.add_argument("--logs", default=None, help="folder to keep each side's output in (default: a temporary one)")
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/ppo_vs_trl[_tiny].json)")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/ppo_vs_trl[_lora<R>][_vfreeze<N>][_tiny].json)")
     ap.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     ap.add_argument("--settings", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -361,7 +389,9 @@ def main() -> None:
     bf16 = args.bf16 and bf16_supported()
     if args.bf16 and not bf16:
         print("--bf16: bf16 does not pay off on this machine (components.core.models.bf16_supported); fp32 on both sides")
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"ppo_vs_trl{'_tiny' if args.tiny else ''}.json")
+    variant = (f"_lora{args.lora_rank}" if args.lora_rank else "") + \
+        (f"_vfreeze{args.value_freeze_layers}" if args.value_freeze_layers else "") + ("_tiny" if args.tiny else "")
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"ppo_vs_trl{variant}.json")
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         logs = Path(args.logs) if args.logs else work
@@ -372,6 +402,8 @@ def main() -> None:
                     "batch_size": args.batch_size, "minibatch_size": args.minibatch_size, "ppo_epochs": args.ppo_epochs,
                     "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "lr": args.lr,
                     "seed": args.seed, "bf16": bf16, "threads": args.threads, "malloc_tuning": not args.no_malloc_tuning,
+                    "lora_rank": args.lora_rank, "lora_alpha": pc.lora_alpha, "lora_targets": list(pc.lora_targets),
+                    "value_freeze_layers": args.value_freeze_layers,
                     "max_prompt_length": pc.max_prompt_length, "missing_eos_penalty": pc.missing_eos_penalty,
                     "kl_coef": pc.kl_coef, "kl_estimator": pc.kl_estimator, "clip_coef": pc.clip_coef,
                     "clip_range_value": pc.clip_range_value, "vf_coef": pc.vf_coef, "gamma": pc.gamma,
