@@ -357,3 +357,18 @@ def test_ptx_data_from_a_real_text_file_holds_out_its_first_texts(tmp_path):
     cfg = load_config(overrides=["common.profile=test", f"ppo_ptx.ptx_data={path}", "ppo_ptx.eval_texts=5"])
     with pytest.raises(DataError, match=r"real.jsonl: 5 texts, none left to mix in after the 5 held out"):
         pretrain_texts(cfg, cfg.section("ppo_ptx"))
+
+
+def test_a_launch_needs_a_response_per_process_and_ppo_of_ours(tiny_model_dir, monkeypatch):
+    """Under a 4-process launch: a rollout of 2 responses is refused (each process samples at least one), and
+    so is the ppo stage with rl.algorithm rloo (TRL trains it in one process here), both before any work."""
+    from components.core import distributed
+    from components.core.config import load_config
+    from components.core.errors import ConfigError
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 4)
+    m = models(tiny_model_dir)
+    with pytest.raises(ConfigError, match="batch_size=2 is less than the 4 processes"):
+        ppo.train(m, PROMPTS, TEXTS, PPOConfig(updates=1, batch_size=2, minibatch_size=2), seed=0)
+    with pytest.raises(ConfigError, match="rl.algorithm=rloo .* one process"):
+        ppo.run(load_config(overrides=["common.profile=test", "rl.algorithm=rloo"]))

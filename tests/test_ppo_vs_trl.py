@@ -14,13 +14,14 @@ pytestmark = pytest.mark.slow  # whole pipelines, processes or servers: the full
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_ppo_vs_trl_tiny_runs_both_sides(tmp_path):
+@pytest.mark.parametrize("variant", [[], ["--lora-rank", "4", "--value-freeze-layers", "1"]], ids=["full", "lora"])
+def test_ppo_vs_trl_tiny_runs_both_sides(tmp_path, variant):
     out, data = tmp_path / "ppo_vs_trl.json", tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Name a colour, number {i}.", "split": "train"}) + "\n"
                             for i in range(8)))
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ppo_vs_trl.py"), "--tiny", "--updates", "2",
                         "--batch-size", "4", "--minibatch-size", "2", "--max-new-tokens", "8", "--threads", "1",
-                        "--data", str(data), "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+                        "--data", str(data), "--out", str(out), *variant], capture_output=True, text=True, cwd=ROOT)
     if p.returncode != 0 and "cannot install the peer" in p.stderr:
         pytest.skip("trl 1.12.0 cannot be installed here (no registry?)")
     assert p.returncode == 0, p.stderr[-3000:]
