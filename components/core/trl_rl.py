@@ -57,8 +57,8 @@ class RewardFunc:
         return score.tolist()
 
 
-def trl_config(cfg: Config, out, use_bf16: bool):
-    """RLOOConfig / GRPOConfig from the ppo and rl sections; every setting explicit."""
+def trl_config(cfg: Config, out, use_bf16: bool, **overrides):
+    """RLOOConfig / GRPOConfig from the ppo and rl sections; every setting explicit (``overrides`` on top)."""
     from trl import GRPOConfig, RLOOConfig
 
     pc, rl = cfg.ppo, cfg.rl
@@ -68,7 +68,7 @@ def trl_config(cfg: Config, out, use_bf16: bool):
     if pc.target_kl is not None:
         print(f"[{STAGE}] warning: ppo.target_kl={pc.target_kl} is ignored by {rl.algorithm}: TRL's beta is fixed "
               f"(ppo.kl_coef={pc.kl_coef})", flush=True)
-    return (RLOOConfig if rl.algorithm == "rloo" else GRPOConfig)(
+    return (RLOOConfig if rl.algorithm == "rloo" else GRPOConfig)(**{**dict(
         output_dir=str(out), max_steps=pc.updates, learning_rate=pc.lr, lr_scheduler_type="constant",
         warmup_steps=0, weight_decay=0.0, max_grad_norm=pc.max_grad_norm,
         per_device_train_batch_size=pc.batch_size, gradient_accumulation_steps=1,
@@ -81,7 +81,7 @@ def trl_config(cfg: Config, out, use_bf16: bool):
         logging_steps=1, logging_nan_inf_filter=False, log_completions=False, report_to="none",
         save_strategy="steps", save_steps=pc.save_every, save_total_limit=pc.save_total_limit,
         seed=cfg.common.seed, data_seed=cfg.common.seed, dataloader_num_workers=0,
-    )
+    ), **overrides})
 
 
 def curves(log_history: list[dict]) -> list[dict]:
@@ -104,14 +104,10 @@ def curves(log_history: list[dict]) -> list[dict]:
     return rows
 
 
-def train(cfg: Config, policy, tokenizer, prompts: list[str], scorer, ckpt_dir, gold=None):
-    """Train ``policy`` with TRL's RLOO or GRPO (``rl.algorithm``) on ``prompts`` against ``scorer``;
-    returns (the trainer, one curve row per update, training seconds). Resumes from ``ckpt_dir``.
-
-    ``gold(prompt, response)`` (optional) is logged beside the reward model's score.
-    """
-    import time
-
+def build_trainer(cfg: Config, policy, tokenizer, prompts: list[str], scorer, out_dir, gold=None, callbacks=(),
+                  **args_overrides):
+    """TRL's RLOO or GRPO trainer (``rl.algorithm``) for ``policy`` on ``prompts`` against ``scorer``, its
+    arguments from ``trl_config`` with ``args_overrides`` (e.g. ``save_strategy="no"``) on top."""
     from datasets import Dataset
     from trl import GRPOTrainer, RLOOTrainer
 
@@ -125,12 +121,25 @@ def train(cfg: Config, policy, tokenizer, prompts: list[str], scorer, ckpt_dir, 
     if not kept:
         raise DataError(f"no training prompts of {len(rows)} fit ppo.max_prompt_length={pc.max_prompt_length}")
     reward = RewardFunc(scorer, tokenizer.eos_token_id, pc.missing_eos_penalty, gold)
-    args = trl_config(cfg, ckpt_dir, cfg.common.bf16 and bf16_supported())
+    args = trl_config(cfg, out_dir, cfg.common.bf16 and bf16_supported(), **args_overrides)
     trainer = (RLOOTrainer if algo == "rloo" else GRPOTrainer)(
         model=policy, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(kept),
-        processing_class=tokenizer, callbacks=[tu.mlflow_callback(STAGE)])
-    print(f"[{STAGE}] {algo} (TRL): {len(kept)} train prompts, {pc.updates} updates x {pc.batch_size} responses "
+        processing_class=tokenizer, callbacks=list(callbacks))
+    print(f"[{STAGE}] {algo} (TRL): {len(kept)} train prompts, {args.max_steps} updates x {pc.batch_size} responses "
           f"({cfg.rl.num_generations} per prompt), beta {pc.kl_coef}, bf16={args.bf16}", flush=True)
+    return trainer
+
+
+def train(cfg: Config, policy, tokenizer, prompts: list[str], scorer, ckpt_dir, gold=None):
+    """Train ``policy`` with TRL's RLOO or GRPO (``rl.algorithm``) on ``prompts`` against ``scorer``;
+    returns (the trainer, one curve row per update, training seconds). Resumes from ``ckpt_dir``.
+
+    ``gold(prompt, response)`` (optional) is logged beside the reward model's score.
+    """
+    import time
+
+    trainer = build_trainer(cfg, policy, tokenizer, prompts, scorer, ckpt_dir, gold,
+                            callbacks=[tu.mlflow_callback(STAGE)])
     t0 = time.time()
     tu.train_resuming(trainer, ckpt_dir, STAGE, key=tu.resume_key(cfg, STAGE))
     return trainer, curves(trainer.state.log_history), time.time() - t0
