@@ -4,9 +4,12 @@ Trainers (``--trainers``, each in its own process, one after another: run it on 
 
     ours-ppo       components.stages.ppo.train with the ``ppo`` params section (LoRA policy, frozen value layers)
     ours-ppo-ptx   the same with the ``ppo_ptx`` section (the pretraining mix)
-    trl-grpo       TRL's GRPOTrainer as ``rl.algorithm: grpo`` runs it (components.core.trl_rl, its documented
-                   mapping of the ppo section; full fine-tuning, no value model)
-    trl-rloo       TRL's RLOOTrainer likewise (``rl.algorithm: rloo``)
+    trl-grpo-lora  TRL's GRPOTrainer as ``rl.algorithm: grpo`` runs it (components.core.trl_rl, its documented
+                   mapping of the ppo section): the ppo section's LoRA adapter and lr, no value model
+    trl-rloo-lora  TRL's RLOOTrainer likewise (``rl.algorithm: rloo``)
+    trl-grpo, trl-rloo
+                   the same with full fine-tuning (``ppo.lora_rank=0``) at ``--full-lr`` (default 1e-5, what
+                   params.yaml gives full fine-tuning; the LoRA lr 3e-4 on every weight wrecks the policy)
     trl-ppo        trl 1.12.0's experimental PPOTrainer (side-installed, as benchmarks/ppo_vs_trl.py does) with
                    the ppo section's settings and the same LoRA policy and frozen value layers as ours
 
@@ -45,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-TRAINERS = ("ours-ppo", "ours-ppo-ptx", "trl-grpo", "trl-rloo", "trl-ppo")
+TRAINERS = ("ours-ppo", "ours-ppo-ptx", "trl-grpo", "trl-rloo", "trl-grpo-lora", "trl-rloo-lora", "trl-ppo")
 OURS = ("ours-ppo", "ours-ppo-ptx")
 FOREVER = 10 ** 6  # updates asked of a trainer: the clock stops it
 
@@ -91,9 +94,9 @@ def lora_of(pc) -> dict:
 
 
 def peft_config(lora: dict):
-    from peft import LoraConfig
+    from components.core.models import lora_config
 
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=0.0, target_modules=lora["targets"], bias="none")
+    return lora_config(lora["r"], lora["alpha"], lora["targets"])
 
 
 # ------------------------------------------------------------------------------------ workers
@@ -130,7 +133,8 @@ def worker_ours(s: dict, clock_of) -> dict:
 
 
 def worker_trl_group(s: dict, clock_of) -> dict:
-    """GRPO / RLOO through components.core.trl_rl, as ``rl.algorithm`` runs them (no checkpoints here)."""
+    """GRPO / RLOO through components.core.trl_rl, as ``rl.algorithm`` runs them (no checkpoints here); the
+    ``-lora`` variants train the ppo section's LoRA adapter instead of every weight."""
     import torch
     from transformers import TrainerCallback
 
@@ -141,7 +145,9 @@ def worker_trl_group(s: dict, clock_of) -> dict:
     from components.datasets import synth
 
     algo = s["trainer"].split("-")[1]
-    cfg = load_config(overrides=[*s["overrides"], f"rl.algorithm={algo}"])
+    full = [] if s["trainer"].endswith("-lora") else ["ppo.lora_rank=0", f"ppo.lr={s['full_lr']}"]
+    cfg = load_config(overrides=[*s["overrides"], f"rl.algorithm={algo}", *full])
+    lora = lora_of(cfg.ppo) if cfg.ppo.lora_rank else None
     policy, tok = load_model_dir(cfg.out_dir("sft"))
     scorer = RewardScorer(cfg.out_dir("reward"), cfg.common.system_prompt)
     scorer.model.requires_grad_(False)
@@ -156,9 +162,10 @@ def worker_trl_group(s: dict, clock_of) -> dict:
 
     trainer = trl_rl.build_trainer(cfg, policy, tok, s["prompts"], scorer, tempfile.mkdtemp(), synth.gold_reward,
                                    callbacks=[Budget()], max_steps=FOREVER, save_strategy="no")
-    box["clock"] = clock_of(lambda: trainable(policy))  # the clock starts with training, as ours
+    wrapped = trainer.model  # the peft-wrapped policy when LoRA: its names are what policy_from rebuilds
+    box["clock"] = clock_of(lambda: trainable(wrapped))  # the clock starts with training, as ours
     trainer.train()
-    return {"snapshots": box["clock"].snaps, "lora": None}
+    return {"snapshots": box["clock"].snaps, "lora": lora}
 
 
 def worker_trl_ppo(s: dict, clock_of) -> dict:
@@ -225,7 +232,8 @@ def worker_trl_ppo(s: dict, clock_of) -> dict:
 
 
 WORKERS = {"ours-ppo": worker_ours, "ours-ppo-ptx": worker_ours, "trl-grpo": worker_trl_group,
-           "trl-rloo": worker_trl_group, "trl-ppo": worker_trl_ppo}
+           "trl-rloo": worker_trl_group, "trl-grpo-lora": worker_trl_group, "trl-rloo-lora": worker_trl_group,
+           "trl-ppo": worker_trl_ppo}
 
 
 def worker(settings: Path, result: Path) -> None:
@@ -338,6 +346,9 @@ def main() -> None:
     ap.add_argument("-S", "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="params override for every trainer (e.g. common.profile=quick)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--full-lr", type=float, default=1e-5, help="learning rate of trl-grpo / trl-rloo (full fine-tuning)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the curves of trainers not run now from --out (each curve records its commit)")
     ap.add_argument("--logs", default=None, help="folder to keep each worker's output in (default: a temporary one)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rl_time_to_quality.json"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -389,10 +400,12 @@ def main() -> None:
             settings = work / f"{t}.json"
             settings.write_text(json.dumps({"trainer": t, "overrides": overrides, "budget": args.budget,
                                             "every": args.every, "threads": args.threads, "snap_dir": str(work / t),
+                                            "full_lr": args.full_lr,
                                             "prompts": [r["prompt"] for r in train_p]}))
             print(f"training {t} for {args.budget:.0f} s ...", flush=True)
             res, rss = run_worker(settings, logs / f"{t}.log", peer_dir if t == "trl-ppo" else None)
-            results[t] = {**res, "peak_rss_mb": rss}
+            results[t] = {**res, "peak_rss_mb": rss, "commit": git_commit(),
+                          "full_lr": None if res["lora"] else args.full_lr}
             print(f"  {len(res['snapshots'])} snapshots, last at update {res['snapshots'][-1]['update']}, "
                   f"peak RSS {rss:.0f} MB", flush=True)
 
@@ -409,6 +422,23 @@ def main() -> None:
                 texts = answers(policy_from(str(cfg.out_dir("sft")), snap, res["lora"]), tok, held, cfg)
                 pts.append(curve_point(held, gold_sft, texts, snap["seconds"], snap["update"]))
             curves[t] = pts
+
+    out = Path(args.out)
+    if args.merge and out.exists():  # the other trainers' curves from an earlier run of the same comparison
+        old = json.loads(out.read_text())
+        same = {"budget_s": args.budget, "every_s": args.every, "held_out_prompts": len(held),
+                "sft_gold": sum(gold_sft) / len(gold_sft)}
+        differ = {k: (old.get(k), v) for k, v in same.items() if old.get(k) != v}
+        if differ:
+            raise SystemExit(f"error: --merge: {out} is another comparison ({differ}: theirs, ours)")
+        for t in old["curves"]:
+            if t not in curves:
+                curves[t] = old["curves"][t]
+                results[t] = {"peak_rss_mb": old["peak_rss_mb"][t], "lora": old["lora"][t],
+                              "commit": old.get("commits", {}).get(t, old["commit"]),
+                              "full_lr": old.get("full_lr", {}).get(t)}
+        order = [t for t in TRAINERS if t in curves]
+        curves, results = {t: curves[t] for t in order}, {t: results[t] for t in order}
 
     ours = [t for t in curves if t in OURS]
     peers = [t for t in curves if t not in OURS]
@@ -432,7 +462,6 @@ def main() -> None:
         print(f"target: ours reaches {target['best_peer']}'s final win rate {target['best_peer_final_win_rate']:.3f} "
               f"in <= 0.5x its {target['best_peer_seconds_to_it']} s: {'met' if target['met'] else 'NOT met'} "
               f"(ours: {target['ours_seconds_to_it']})")
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_suffix(".png")
     plot(curves, png, f"gold win rate vs SFT, {len(held)} held-out prompts, {args.budget:.0f} s each, "
@@ -443,7 +472,8 @@ def main() -> None:
         "overrides": args.set, "outputs": str(outputs), "held_out_prompts": len(held),
         "sft_gold": sum(gold_sft) / len(gold_sft), "curves": curves,
         "peak_rss_mb": {t: r["peak_rss_mb"] for t, r in results.items()},
-        "lora": {t: r["lora"] for t, r in results.items()}, "target": target}, indent=2) + "\n")
+        "lora": {t: r["lora"] for t, r in results.items()}, "full_lr": {t: r["full_lr"] for t, r in results.items()},
+        "commits": {t: r["commit"] for t, r in results.items()}, "target": target}, indent=2) + "\n")
     print(f"wrote {out} and {png}")
 
 

@@ -84,17 +84,20 @@ def test_reward_func_gives_the_scorers_reward_in_trls_formats(project):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
-def test_ppo_stage_trains_with_trl(project, algorithm):
+@pytest.mark.parametrize("algorithm,lora", [("rloo", True), ("grpo", True), ("grpo", False)])
+def test_ppo_stage_trains_with_trl(project, algorithm, lora):
+    """The policy is what the ppo section makes it: its LoRA adapter (saved merged), or every weight."""
     from mlflow import MlflowClient
     from safetensors.torch import load_file
 
     tmp, overrides = project
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
     env.pop("RLHF_PARENT_RUN_ID", None)
-    p = subprocess.run([sys.executable, "-m", "components.stages.ppo", "ppo", *overrides, f"rl.algorithm={algorithm}"],
+    p = subprocess.run([sys.executable, "-m", "components.stages.ppo", "ppo", *overrides, f"rl.algorithm={algorithm}",
+                        *([] if lora else ["ppo.lora_rank=0", "ppo.lr=1e-5"])],
                        cwd=ROOT, env=env, text=True, capture_output=True, timeout=600)
     assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    assert ("LoRA rank 16" if lora else "full fine-tuning above 0 frozen layers") in p.stdout
     metrics = json.loads((tmp / "metrics" / "ppo.json").read_text())
     assert metrics["algorithm"] == algorithm and metrics["updates"] == 2
     assert isinstance(metrics["final_reward"], float) and metrics["train_seconds"] > 0
@@ -110,5 +113,32 @@ def test_ppo_stage_trains_with_trl(project, algorithm):
 
     sft = load_file(tmp / "outputs" / "sft" / "model.safetensors")
     new = load_file(tmp / "outputs" / "ppo" / "model.safetensors")
-    assert sft.keys() == new.keys()
+    assert sft.keys() == new.keys()  # a plain model: an adapter is merged into the weights it wraps
     assert any(not torch.equal(sft[k], new[k]) for k in sft), "the policy's weights did not change"
+
+
+@pytest.mark.slow
+def test_trl_starts_from_the_same_lora_adapter_as_our_ppo(project, tmp_path):
+    """Same ppo section, same seed: TRL's policy adapter starts where ours does, whatever the global RNG held (TRL seeds
+    from trl_config's seed=common.seed before peft draws the adapter; ours seeds in ppo.load_models)."""
+    from components.core.models import load_model_dir
+    from components.core.scoring import RewardScorer
+    from components.core.trl_rl import build_trainer
+    from components.stages import ppo
+
+    tmp, overrides = project
+    cfg = load_config(overrides=[*overrides, "rl.algorithm=grpo"])
+
+    def lora_a(model) -> dict[str, torch.Tensor]:
+        return {k.split("base_model.model.", 1)[-1]: v.detach().clone() for k, v in model.named_parameters()
+                if "lora_A" in k}
+
+    torch.manual_seed(1)
+    ours = lora_a(ppo.load_models(cfg, cfg.ppo).policy)
+    torch.manual_seed(2)
+    policy, tok = load_model_dir(cfg.out_dir("sft"))
+    trainer = build_trainer(cfg, policy, tok, ["What is 2 + 3?", "Name a colour."], RewardScorer(cfg.out_dir("reward"), ""),
+                            tmp_path, save_strategy="no", report_to=[])
+    theirs = lora_a(trainer.model)
+    assert ours and ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -119,6 +119,14 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
     return out
 
 
+def lora_config(rank: int, alpha: float, targets) -> "LoraConfig":  # noqa: F821
+    """The policy's LoRA adapter (peft) as the ppo section sets it (``lora_rank``, ``lora_alpha``,
+    ``lora_targets``): no dropout, no bias; ours and TRL's trainers train this same adapter."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets), bias="none")
+
+
 def freeze_bottom(model, n_layers: int) -> None:
     """Freeze the embeddings and the first n transformer layers: no backward through them (faster)."""
     if n_layers <= 0:

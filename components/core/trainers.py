@@ -315,7 +315,10 @@ def finish(trainer, tokenizer, cfg: Config, stage: str, description: str, tags: 
     """Save the model folder atomically, register it (``tags`` added to the version's), then drop the
     resume checkpoints. Returns the version."""
     out = cfg.out_dir(stage)
-    save_model_dir(trainer.model, tokenizer, out)
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):  # a peft adapter: saved merged into the weights, a plain model
+        model = model.merge_and_unload()
+    save_model_dir(model, tokenizer, out)
     version = register_model(out, cfg, stage, description=description, tags=tags)
     shutil.rmtree(cfg.out_dir("checkpoints") / stage, ignore_errors=True)
     return int(version.version)

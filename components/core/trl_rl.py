@@ -22,7 +22,7 @@ from components.core import trainers as tu
 from components.core.config import Config
 from components.core.encode import chat_ids, chat_messages
 from components.core.errors import ConfigError, DataError
-from components.core.models import bf16_supported
+from components.core.models import bf16_supported, freeze_bottom, lora_config
 
 STAGE = "ppo"  # the stage these algorithms stand in for
 
@@ -107,7 +107,11 @@ def curves(log_history: list[dict]) -> list[dict]:
 def build_trainer(cfg: Config, policy, tokenizer, prompts: list[str], scorer, out_dir, gold=None, callbacks=(),
                   **args_overrides):
     """TRL's RLOO or GRPO trainer (``rl.algorithm``) for ``policy`` on ``prompts`` against ``scorer``, its
-    arguments from ``trl_config`` with ``args_overrides`` (e.g. ``save_strategy="no"``) on top."""
+    arguments from ``trl_config`` with ``args_overrides`` (e.g. ``save_strategy="no"``) on top.
+
+    The policy is what the ppo section makes it for our PPO: ``ppo.lora_rank`` > 0 trains that LoRA adapter
+    (``peft_config``; TRL's reference is then the adapter disabled, no second copy), else every weight above
+    the bottom ``ppo.freeze_layers`` (TRL's reference: a copy of the SFT model)."""
     from datasets import Dataset
     from trl import GRPOTrainer, RLOOTrainer
 
@@ -121,12 +125,16 @@ def build_trainer(cfg: Config, policy, tokenizer, prompts: list[str], scorer, ou
     if not kept:
         raise DataError(f"no training prompts of {len(rows)} fit ppo.max_prompt_length={pc.max_prompt_length}")
     reward = RewardFunc(scorer, tokenizer.eos_token_id, pc.missing_eos_penalty, gold)
+    peft = lora_config(pc.lora_rank, pc.lora_alpha, pc.lora_targets) if pc.lora_rank else None
+    if peft is None:
+        freeze_bottom(policy, pc.freeze_layers)
     args = trl_config(cfg, out_dir, cfg.common.bf16 and bf16_supported(), **args_overrides)
     trainer = (RLOOTrainer if algo == "rloo" else GRPOTrainer)(
         model=policy, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(kept),
-        processing_class=tokenizer, callbacks=list(callbacks))
+        processing_class=tokenizer, callbacks=list(callbacks), peft_config=peft)
+    what = f"LoRA rank {pc.lora_rank}" if peft else f"full fine-tuning above {pc.freeze_layers} frozen layers"
     print(f"[{STAGE}] {algo} (TRL): {len(kept)} train prompts, {args.max_steps} updates x {pc.batch_size} responses "
-          f"({cfg.rl.num_generations} per prompt), beta {pc.kl_coef}, bf16={args.bf16}", flush=True)
+          f"({cfg.rl.num_generations} per prompt), {what}, lr {pc.lr}, beta {pc.kl_coef}, bf16={args.bf16}", flush=True)
     return trainer
 
 

@@ -45,7 +45,7 @@ from components.core.encode import encode_prompts, encode_texts, pad_batch
 from components.core.env import reexec_with_malloc_env, set_offline_env
 from components.core.errors import ConfigError, DataError
 from components.core.models import (autocast_for, bf16_supported, freeze_bottom, generate, load_model_dir,
-                                    save_model_dir)
+                                    lora_config, save_model_dir)
 from components.core.plots import write_curves
 from components.core.registry import register_model
 from components.core.scoring import RewardScorer, heldout_nll, lm_nll
@@ -512,11 +512,10 @@ def load_models(cfg: Config, pc: PPOConfig) -> Models:
     """
     policy, tok = load_model_dir(cfg.out_dir("sft"))
     if pc.lora_rank:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         torch.manual_seed(cfg.common.seed)  # LoRA's A is drawn from the global RNG: the same adapter in every run
-        policy = get_peft_model(policy, LoraConfig(r=pc.lora_rank, lora_alpha=pc.lora_alpha, lora_dropout=0.0,
-                                                   target_modules=list(pc.lora_targets), bias="none"))
+        policy = get_peft_model(policy, lora_config(pc.lora_rank, pc.lora_alpha, pc.lora_targets))
         ref = None
     else:
         freeze_bottom(policy, pc.freeze_layers)
