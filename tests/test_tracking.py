@@ -111,13 +111,28 @@ def test_process_tags_tell_a_live_process_from_a_dead_or_reused_pid():
     tags = tracking.process_tags()
     assert tags[tracking.PID_TAG] == str(os.getpid())
     assert tracking._gone(tags) is None  # this process: alive
-    assert tracking._gone({**tags, tracking.STARTED_TAG: "12.00"}) == \
+    assert tracking._gone({**tags, tracking.STARTED_TAG: "ticks-12"}) == \
         f"process {os.getpid()} no longer exists (the pid now belongs to another process)"
     assert tracking._gone({**tags, tracking.BOOT_TAG: "1"}) == "the machine rebooted since"
     assert tracking._gone({**tags, tracking.HOST_TAG: "another-machine"}) is None  # not ours to judge
     assert tracking._gone({}) is None  # a run without process tags (opened by other code)
+    assert tracking._gone({k: v for k, v in tags.items() if k != tracking.BOOT_TAG}) is None  # an older version's
     free = max(int(p) for p in os.listdir("/proc") if p.isdigit()) + 10_000
     assert tracking._gone({**tags, tracking.PID_TAG: str(free)}) == f"process {free} no longer exists"
+
+
+
+@pytest.mark.skipif(not Path("/proc/sys/kernel/random/boot_id").exists(), reason="Linux's boot id and procfs")
+def test_a_live_process_stays_alive_when_the_wall_clock_jumps(monkeypatch):
+    """The boot time and a process's creation time are the wall clock minus an uptime: both move when the clock
+    is set (a VM resumed from a snapshot, NTP). A live run must not be taken for a rebooted or a dead one."""
+    import psutil
+
+    tags = tracking.process_tags()
+    real_boot, real_create = psutil.boot_time(), psutil.Process.create_time
+    monkeypatch.setattr(psutil, "boot_time", lambda: real_boot + 3600)
+    monkeypatch.setattr(psutil.Process, "create_time", lambda self: real_create(self) + 3600)
+    assert tracking._gone(tags) is None
 
 
 KILLED_STAGE = """

@@ -30,7 +30,7 @@ from components.core.env import set_offline_env
 
 PARENT_RUN_ENV = "RLHF_PARENT_RUN_ID"
 # Tags naming the process that owns a run (``process_tags``) and, on a run it left RUNNING, why it was closed.
-HOST_TAG, BOOT_TAG, PID_TAG, STARTED_TAG = "rlhf_host", "rlhf_boot", "rlhf_pid", "rlhf_pid_started"
+HOST_TAG, BOOT_TAG, PID_TAG, STARTED_TAG = "rlhf_host", "rlhf_boot_id", "rlhf_pid", "rlhf_pid_start"
 ABANDONED_TAG = "rlhf_failure"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # The dataset context of each stage's data inputs (the runs table's Dataset column).
@@ -87,15 +87,49 @@ def lineage_tags(cfg: Config, stage: str) -> dict[str, str]:
     }
 
 
-def process_tags() -> dict[str, str]:
-    """This process, as the tags of a run it opens: host name, boot time, pid and the pid's start time (a
-    pid is reused after its process ended; the pair is not)."""
-    import socket
+def _boot_id() -> str:
+    """This boot of the machine: the kernel's boot id on Linux (unlike the boot time, which is the wall clock
+    minus the uptime, it does not move when the clock is set, e.g. when a VM is resumed from a snapshot);
+    elsewhere the boot time to the second."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        import psutil
 
+        return f"boot-{psutil.boot_time():.0f}"
+
+
+def _process_start(pid: int) -> str:
+    """When process ``pid`` started, as a string that is the same for as long as that process lives: on Linux its
+    start in clock ticks since boot (/proc/<pid>/stat field 22; the wall clock plays no part), elsewhere its
+    creation time. Raises ``psutil.NoSuchProcess`` when there is no such process."""
     import psutil
 
-    return {HOST_TAG: socket.gethostname(), BOOT_TAG: f"{psutil.boot_time():.0f}", PID_TAG: str(os.getpid()),
-            STARTED_TAG: f"{psutil.Process().create_time():.2f}"}
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        raise psutil.NoSuchProcess(pid) from None
+    except OSError:  # no procfs: not Linux
+        return f"{psutil.Process(pid).create_time():.2f}"
+    return "ticks-" + stat[stat.rindex(")") + 2:].split()[19]  # fields after the command name start at field 3
+
+
+def _same_start(a: str, b: str) -> bool:
+    if a.startswith("ticks-") or b.startswith("ticks-"):
+        return a == b
+    try:
+        return abs(float(a) - float(b)) <= 1
+    except ValueError:
+        return False
+
+
+def process_tags() -> dict[str, str]:
+    """This process, as the tags of a run it opens: host name, boot id, pid and the pid's start (a pid is reused
+    after its process ended; the pair is not)."""
+    import socket
+
+    return {HOST_TAG: socket.gethostname(), BOOT_TAG: _boot_id(), PID_TAG: str(os.getpid()),
+            STARTED_TAG: _process_start(os.getpid())}
 
 
 def _gone(tags: dict[str, str]) -> str | None:
@@ -104,16 +138,17 @@ def _gone(tags: dict[str, str]) -> str | None:
 
     import psutil
 
-    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
-        return None  # another machine's process (or no process tags): not ours to judge
-    if tags.get(BOOT_TAG) != f"{psutil.boot_time():.0f}":
+    if (tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit()
+            or BOOT_TAG not in tags or STARTED_TAG not in tags):
+        return None  # another machine's process (or no process tags, or an older project's): not ours to judge
+    if tags[BOOT_TAG] != _boot_id():
         return "the machine rebooted since"
     pid = int(tags[PID_TAG])
     try:
-        started = psutil.Process(pid).create_time()
+        started = _process_start(pid)
     except psutil.NoSuchProcess:
         return f"process {pid} no longer exists"
-    if abs(started - float(tags.get(STARTED_TAG) or 0)) > 1:
+    if not _same_start(started, tags[STARTED_TAG]):
         return f"process {pid} no longer exists (the pid now belongs to another process)"
     return None
 
