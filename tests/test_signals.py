@@ -20,6 +20,18 @@ pytestmark = pytest.mark.slow  # each starts a real server
 SIGNALS = [signal.SIGTERM, signal.SIGINT]
 
 
+
+@pytest.fixture(autouse=True)
+def sigint_delivered():
+    """A suite started in the background of a non-interactive shell (`make test &`) has SIGINT ignored, and every
+    command it starts inherits that: Python then never raises KeyboardInterrupt (as a shell's background job
+    should not), and a SIGINT test would wait for nothing. A handler here instead becomes the default in a child."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
 def _alive(pids: set[int]) -> list[int]:
     import psutil
 
