@@ -25,10 +25,11 @@ run: $(STAMP)
 quick: $(STAMP)
 	$(BIN)/rlhf run --profile quick
 
-# lint-imports: the layering contract of pyproject.toml ([tool.importlinter]); then every test
+# lint-imports: the layering contract of pyproject.toml ([tool.importlinter]); then every test, the 25
+# slowest listed at the end (where the suite's time goes on the machine that ran it)
 test: $(STAMP) browser-deps postgres-deps
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=25
 
 # Best effort: Debian's chromium + chromedriver for the ranking-page test (tests/test_label.py drives
 # /usr/bin/chromium with playwright; it skips, saying why, when they are missing). Needs root + apt-get.
