@@ -8,6 +8,7 @@ import torch
 from components.stages import ppo
 from components.core.config import PPOConfig
 from components.core import encode
+from components.core.models import merged
 
 PROMPTS = [f"Tell me a number {i}." for i in range(16)]
 CPU = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731  (fp32: no autocast)
@@ -301,7 +302,7 @@ def test_lora_reference_is_the_sft_model_at_step_0(tiny_model_dir):
     assert abs(hist[0]["kl"]) < 1e-5 and hist[-1]["kl"] != 0.0
     trainable = [n for n, p in m.policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    plain = ppo.plain_policy(m)
+    plain = merged(m.policy)
     assert type(plain).__name__ == type(sft).__name__ and set(plain.state_dict()) == set(sft.state_dict())
     assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), sft.state_dict().values()))
 

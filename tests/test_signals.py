@@ -20,7 +20,6 @@ pytestmark = pytest.mark.slow  # each starts a real server
 SIGNALS = [signal.SIGTERM, signal.SIGINT]
 
 
-
 @pytest.fixture(autouse=True)
 def sigint_delivered():
     """A suite started in the background of a non-interactive shell (`make test &`) has SIGINT ignored, and every
@@ -31,6 +30,7 @@ def sigint_delivered():
         signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+
 
 def _alive(pids: set[int]) -> list[int]:
     import psutil

@@ -121,7 +121,6 @@ def test_process_tags_tell_a_live_process_from_a_dead_or_reused_pid():
     assert tracking._gone({**tags, tracking.PID_TAG: str(free)}) == f"process {free} no longer exists"
 
 
-
 @pytest.mark.skipif(not Path("/proc/sys/kernel/random/boot_id").exists(), reason="Linux's boot id and procfs")
 def test_a_live_process_stays_alive_when_the_wall_clock_jumps(monkeypatch):
     """The boot time and a process's creation time are the wall clock minus an uptime: both move when the clock

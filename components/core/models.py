@@ -127,6 +127,12 @@ def lora_config(rank: int, alpha: float, targets) -> "LoraConfig":  # noqa: F821
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets), bias="none")
 
 
+def merged(model):
+    """``model`` as a plain transformers model, what is saved, registered and served: a peft adapter merged
+    into the weights it wraps; any other model as it is."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
 def freeze_bottom(model, n_layers: int) -> None:
     """Freeze the embeddings and the first n transformer layers: no backward through them (faster)."""
     if n_layers <= 0:

@@ -19,7 +19,7 @@ from components.core.config import Config, TrainerSection
 from components.core.distributed import world_size
 from components.core.encode import chat_ids, control_pattern, control_tokens
 from components.core.errors import ConfigError, DataError
-from components.core.models import bf16_supported, save_model_dir
+from components.core.models import bf16_supported, merged, save_model_dir
 from components.core.registry import register_model
 from components.core.tracking import data_version, log_metrics, params_hash_of
 
@@ -315,10 +315,7 @@ def finish(trainer, tokenizer, cfg: Config, stage: str, description: str, tags: 
     """Save the model folder atomically, register it (``tags`` added to the version's), then drop the
     resume checkpoints. Returns the version."""
     out = cfg.out_dir(stage)
-    model = trainer.model
-    if hasattr(model, "merge_and_unload"):  # a peft adapter: saved merged into the weights, a plain model
-        model = model.merge_and_unload()
-    save_model_dir(model, tokenizer, out)
+    save_model_dir(merged(trainer.model), tokenizer, out)
     version = register_model(out, cfg, stage, description=description, tags=tags)
     shutil.rmtree(cfg.out_dir("checkpoints") / stage, ignore_errors=True)
     return int(version.version)

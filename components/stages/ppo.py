@@ -45,7 +45,7 @@ from components.core.encode import encode_prompts, encode_texts, pad_batch
 from components.core.env import reexec_with_malloc_env, set_offline_env
 from components.core.errors import ConfigError, DataError
 from components.core.models import (autocast_for, bf16_supported, freeze_bottom, generate, load_model_dir,
-                                    lora_config, save_model_dir)
+                                    lora_config, merged, save_model_dir)
 from components.core.plots import write_curves
 from components.core.registry import register_model
 from components.core.scoring import RewardScorer, heldout_nll, lm_nll
@@ -528,12 +528,6 @@ def load_models(cfg: Config, pc: PPOConfig) -> Models:
     return Models(policy, ref, value, scorer, tok, value_scale=scorer.scale)
 
 
-def plain_policy(m: Models):
-    """The trained policy as a plain model (a LoRA adapter merged into its weights): what is saved,
-    registered and served."""
-    return m.policy.merge_and_unload() if m.ref is None else m.policy
-
-
 def _gold_if_builtin(prompt_records: list[dict]):
     """The simulated labeler's gold reward when the prompts are the built-in tasks, else None."""
     return synth.gold_reward if all(synth.parse_task(r["prompt"]) is not None for r in prompt_records[:20]) else None
@@ -620,7 +614,7 @@ def run(cfg: Config, stage: str = "ppo") -> dict:
         final["heldout_lm_loss_sft"] = heldout_nll(ref, m.tokenizer, texts, pc.ptx_max_length)
     last = history[-1] if history else {}
     out = cfg.out_dir(stage)
-    save_model_dir(plain_policy(m), m.tokenizer, out, extra={"rlhf_ppo.json": json.dumps(
+    save_model_dir(merged(m.policy), m.tokenizer, out, extra={"rlhf_ppo.json": json.dumps(
         {"stage": stage, "ptx_coef": pc.ptx_coef, "updates": pc.updates, **final}, indent=2) + "\n"})
     version = register_model(out, cfg, stage, description=(
         f"{'PPO-ptx' if pc.ptx_coef else 'PPO'} from sft, {pc.updates} updates, kl_coef {pc.kl_coef}, "
